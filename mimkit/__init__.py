@@ -1,0 +1,20 @@
+"""mimkit: masked image modeling (MAE, SimMIM, BEiT, MaskFeat) on plain PyTorch modules."""
+from .base import EncoderOutput, MIMModel, MIMOutput
+from .registry import create, list_models, register_recipe
+
+__version__ = "0.1.0"
+__all__ = ["create", "list_models", "register_recipe", "MIMModel", "MIMOutput", "EncoderOutput", "load", "save"]
+
+
+def load(path, **kwargs):
+    """Load a mimkit model from a run directory, a ``.safetensors`` file or a Lightning ``.ckpt``."""
+    from .checkpoint import load_model
+
+    return load_model(path, **kwargs)
+
+
+def save(model, path):
+    """Save ``model`` as ``model.safetensors`` + ``config.json`` in directory ``path``."""
+    from .checkpoint import save_model
+
+    return save_model(model, path)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``mimkit`` CLI: one module each, with ``register(subparsers)``."""

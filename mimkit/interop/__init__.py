@@ -1,0 +1,1 @@
+"""Interop with Hugging Face ``transformers`` (``hf``) and ``timm`` (``timm``)."""

@@ -1,0 +1,94 @@
+"""transformers ``ViTMAEForPreTraining`` <-> mimkit MAE."""
+from __future__ import annotations
+
+from .keymap import hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+
+
+def _check_act(cfg):
+    if cfg.hidden_act not in ("gelu",):
+        raise ValueError(f"only hidden_act='gelu' is supported, got {cfg.hidden_act!r}")
+
+
+def vitmae_from_hf(hf):
+    from ..methods.mae import MAE
+
+    cfg = hf.config
+    _check_act(cfg)
+    if cfg.intermediate_size / cfg.hidden_size != cfg.decoder_intermediate_size / cfg.decoder_hidden_size:
+        raise ValueError("encoder and decoder must share one mlp ratio")
+    model = MAE(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.num_channels,
+                embed_dim=cfg.hidden_size, depth=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+                decoder_embed_dim=cfg.decoder_hidden_size, decoder_depth=cfg.decoder_num_hidden_layers,
+                decoder_num_heads=cfg.decoder_num_attention_heads,
+                mlp_ratio=cfg.intermediate_size / cfg.hidden_size, norm_pix_loss=cfg.norm_pix_loss,
+                mask_ratio=cfg.mask_ratio, norm_eps=cfg.layer_norm_eps)
+    sd = normalize_hf_keys(hf.state_dict())
+    out = {
+        "encoder.cls_token": sd["vit.embeddings.cls_token"],
+        "encoder.pos_embed": sd["vit.embeddings.position_embeddings"],
+        "encoder.patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
+        "encoder.patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
+        "encoder.norm.weight": sd["vit.layernorm.weight"],
+        "encoder.norm.bias": sd["vit.layernorm.bias"],
+    }
+    for i in range(cfg.num_hidden_layers):
+        hf_layer_to_timm(sd, f"vit.layers.{i}", f"encoder.blocks.{i}", out)
+    for k in ("mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias",
+              "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
+        out[f"decoder.{k}"] = sd[f"decoder.{k}"]
+    for i in range(cfg.decoder_num_hidden_layers):
+        hf_layer_to_timm(sd, f"decoder.decoder_layers.{i}", f"decoder.decoder_blocks.{i}", out)
+    load_exact(model, out, "ViTMAEForPreTraining -> mimkit MAE")
+    model.mimkit_config = {"recipe": None, "builder": "mae", **_mae_kwargs(model)}
+    return model
+
+
+def _mae_kwargs(model):
+    enc, dec = model.encoder, model.decoder
+    blk = enc.blocks[0]
+    return dict(img_size=list(model.img_size), patch_size=model.patch_size, in_chans=model.in_chans,
+                embed_dim=enc.embed_dim, depth=enc.depth, num_heads=enc.num_heads,
+                decoder_embed_dim=dec.decoder_embed_dim, decoder_depth=len(dec.decoder_blocks),
+                decoder_num_heads=dec.decoder_blocks[0].attn.num_heads if len(dec.decoder_blocks) else 1,
+                mlp_ratio=blk.mlp.fc1.out_features / enc.embed_dim, norm_pix_loss=model.norm_pix_loss,
+                mask_ratio=model.mask_ratio, norm_eps=enc.norm.eps)
+
+
+def vitmae_to_hf(model):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    kw = _mae_kwargs(model)
+    if kw["img_size"][0] != kw["img_size"][1]:
+        raise ValueError("transformers ViTMAE needs a square image_size")
+    cfg = ViTMAEConfig(
+        hidden_size=kw["embed_dim"], num_hidden_layers=kw["depth"], num_attention_heads=kw["num_heads"],
+        intermediate_size=int(kw["embed_dim"] * kw["mlp_ratio"]), image_size=kw["img_size"][0],
+        patch_size=kw["patch_size"], num_channels=kw["in_chans"], decoder_hidden_size=kw["decoder_embed_dim"],
+        decoder_num_hidden_layers=kw["decoder_depth"], decoder_num_attention_heads=kw["decoder_num_heads"],
+        decoder_intermediate_size=int(kw["decoder_embed_dim"] * kw["mlp_ratio"]),
+        norm_pix_loss=kw["norm_pix_loss"], mask_ratio=kw["mask_ratio"], layer_norm_eps=kw["norm_eps"],
+        hidden_act="gelu", qkv_bias=True, architectures=["ViTMAEForPreTraining"],
+    )
+    hf = ViTMAEForPreTraining(cfg)
+    sd = model.state_dict()
+    out = {
+        "vit.embeddings.cls_token": sd["encoder.cls_token"],
+        "vit.embeddings.position_embeddings": sd["encoder.pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": sd["encoder.patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": sd["encoder.patch_embed.proj.bias"],
+        "vit.layernorm.weight": sd["encoder.norm.weight"],
+        "vit.layernorm.bias": sd["encoder.norm.bias"],
+    }
+    for i in range(kw["depth"]):
+        timm_block_to_hf(sd, f"encoder.blocks.{i}", f"vit.layers.{i}", out)
+    for k in ("mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias",
+              "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
+        out[f"decoder.{k}"] = sd[f"decoder.{k}"]
+    for i in range(kw["decoder_depth"]):
+        timm_block_to_hf(sd, f"decoder.decoder_blocks.{i}", f"decoder.decoder_layers.{i}", out)
+    load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit MAE -> ViTMAEForPreTraining")
+    return hf.eval()
+
+
+FROM_HF = {"ViTMAEForPreTraining": vitmae_from_hf}
+TO_HF = {"mae": vitmae_to_hf}
