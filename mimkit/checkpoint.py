@@ -100,9 +100,14 @@ def read_torch_checkpoint(path) -> dict:
         ) from None
 
 
-def load_model(path, map_location="cpu"):
+def load_model(path, map_location="cpu", img_size=None, **overrides):
     """Load from a directory (config.json + model.safetensors), a .safetensors file beside a
-    config.json, or a Lightning .ckpt written by ``mimkit pretrain``."""
+    config.json, or a Lightning .ckpt written by ``mimkit pretrain``.
+
+    ``img_size`` (int or (H, W)) rebuilds the model for another input resolution: learned position
+    embeddings and relative position tables are interpolated (2-D, grid aware), fixed sin-cos ones
+    are recomputed for the new grid. Other ``overrides`` replace constructor arguments (e.g.
+    ``mask_ratio=0.6``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -110,7 +115,7 @@ def load_model(path, map_location="cpu"):
         if (path / WEIGHTS).exists():
             cfg_path, weights = path / CONFIG, path / WEIGHTS
         elif (path / "checkpoints" / "last.ckpt").exists():
-            return load_model(path / "checkpoints" / "last.ckpt")
+            return load_model(path / "checkpoints" / "last.ckpt", map_location, img_size, **overrides)
         else:
             raise FileNotFoundError(f"{path} holds neither {WEIGHTS} nor checkpoints/last.ckpt")
     elif path.suffix == ".safetensors":
@@ -120,19 +125,67 @@ def load_model(path, map_location="cpu"):
         cfg = ckpt.get("hyper_parameters", {}).get("model_config") if isinstance(ckpt, dict) else None
         if cfg is None:
             raise ValueError(f"{path} is not a mimkit training checkpoint (no model_config in hyper_parameters)")
-        model = build_from_config(cfg)
         sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(sd)
-        return model.eval()
+        return _build_and_load(cfg, sd, path, img_size, overrides)
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} is missing; a mimkit model file needs its config.json beside it")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    return _build_and_load(cfg, read_safetensors(weights), weights, img_size, overrides)
+
+
+def _build_and_load(cfg: dict, sd: dict, source, img_size=None, overrides=None):
+    cfg = {**cfg, **(overrides or {})}
+    old_size = cfg.get("img_size")
+    if img_size is not None:
+        from .ops import to_2tuple
+
+        cfg["img_size"] = img_size if isinstance(img_size, int) else list(to_2tuple(img_size))
     model = build_from_config(cfg)
-    sd = read_safetensors(weights)
+    if img_size is not None or overrides:
+        sd = resize_state_dict(sd, model, old_size, cfg.get("patch_size", getattr(model, "patch_size", None)))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{source} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
+
+
+def resize_state_dict(sd: dict, model, old_img_size, patch_size) -> dict:
+    """Adapt position tensors of ``sd`` (saved for ``old_img_size``) to ``model`` built at another size:
+    fixed (non-trainable) sin-cos embeddings take the model's recomputed value, learned absolute
+    embeddings are resized bicubically on the 2-D grid, relative position bias tables bilinearly.
+    Other shape mismatches are an error."""
+    from .ops import resize_pos_embed, to_2tuple
+
+    own = model.state_dict()
+    params = dict(model.named_parameters())
+    out = dict(sd)
+    new_size = to_2tuple(getattr(model, "img_size", old_img_size))
+    for k, v in sd.items():
+        if k not in own or own[k].shape == v.shape:
+            continue
+        if old_img_size is None or not patch_size:
+            raise ValueError(f"{k}: saved shape {tuple(v.shape)} differs from {tuple(own[k].shape)} and the saved "
+                             "config has no img_size/patch_size to resize from")
+        old = to_2tuple(old_img_size)
+        old_grid = (old[0] // patch_size, old[1] // patch_size)
+        new_grid = (new_size[0] // patch_size, new_size[1] // patch_size)
+        if k.endswith("pos_embed") and v.ndim == 3:
+            p = params.get(k)
+            if p is not None and not p.requires_grad:  # fixed sin-cos: recomputed by the constructor
+                out[k] = own[k]
+            else:
+                out[k] = resize_pos_embed(v, old_grid, new_grid, num_prefix=v.shape[1] - old_grid[0] * old_grid[1])
+        elif k.endswith("relative_position_bias_table"):
+            from .encoders.beit import resize_rel_pos_table
+
+            out[k] = resize_rel_pos_table(v, old_grid, new_grid)
+        elif k.endswith(("relative_position_index", "attn_mask")):
+            out[k] = own[k]  # derived buffers
+        else:
+            raise ValueError(f"{k}: saved shape {tuple(v.shape)} cannot be adapted to {tuple(own[k].shape)}")
+        if out[k].shape != own[k].shape:
+            raise ValueError(f"{k}: resized to {tuple(out[k].shape)} but the model expects {tuple(own[k].shape)}")
+    return out

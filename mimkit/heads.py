@@ -54,3 +54,23 @@ class MAEDecoder(nn.Module):
             x = blk(x)
         x = self.decoder_norm(x)
         return self.decoder_pred(x)[:, 1:]
+
+
+class SimMIMHead(nn.Module):
+    """SimMIM decoder: 1x1 Conv2d(width -> stride^2 * C) + PixelShuffle(stride) on the token grid.
+    Input: tokens (N, h*w, D) without cls (or a map (N, D, h, w)). Output: image (N, C, h*stride, w*stride)."""
+
+    def __init__(self, embed_dim: int, encoder_stride: int, out_chans: int = 3):
+        super().__init__()
+        self.encoder_stride, self.out_chans = encoder_stride, out_chans
+        self.conv = nn.Conv2d(embed_dim, encoder_stride**2 * out_chans, kernel_size=1)
+        self.shuffle = nn.PixelShuffle(encoder_stride)
+
+    def forward(self, x: torch.Tensor, grid=None) -> torch.Tensor:
+        if x.ndim == 3:
+            n, L, d = x.shape
+            h, w = to_2tuple(grid) if grid is not None else (int(L**0.5), int(L**0.5))
+            if h * w != L:
+                raise ValueError(f"{L} tokens do not form a {h}x{w} grid; pass grid=(h, w)")
+            x = x.transpose(1, 2).reshape(n, d, h, w)
+        return self.shuffle(self.conv(x))

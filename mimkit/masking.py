@@ -1,5 +1,20 @@
-"""Masking strategies. Every generator returns a bool mask (N, h*w), True = hidden, on the model's
-patch grid, and is seedable through a ``torch.Generator``. ``random_masking`` is MAE's shuffle."""
+"""Masking strategies, usable by every method.
+
+Every generator is called as ``gen(batch_size, grid, generator=None, device=None)`` and returns a
+bool mask (N, h*w) on the model's patch grid, True = hidden. Passing a seeded ``torch.Generator``
+makes the result reproducible (random numbers are drawn on the generator's device, then moved to
+``device``). Generators that are driven by per-patch noise (MAE shuffle, SimMIM cells) also expose
+``from_noise(noise, grid)`` with MAE's convention: the patches/cells with the *smallest* noise stay
+visible. ``random_masking`` is MAE's shuffle on token tensors.
+
+| name | class | what is hidden |
+| --- | --- | --- |
+| ``random`` (``mae``) | :class:`RandomMasking` | exactly ``L - int(L*(1-r))`` random patches |
+| ``simmim`` | :class:`SimMIMMasking` | ``ceil(cells*r)`` random cells of a ``mask_patch_size`` grid |
+| ``block`` (``beit``) | :class:`BlockMasking` | BEiT block-wise rectangles, at most the target |
+| ``center`` | :class:`CenterMasking` | a centred rectangle covering about ``r`` of the grid |
+| ``explicit`` | :class:`ExplicitMasking` | a mask the user supplies |
+"""
 from __future__ import annotations
 
 import math
@@ -9,10 +24,26 @@ import torch
 
 
 def check_ratio(ratio: float, name: str = "mask_ratio") -> float:
-    ratio = float(ratio)
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number strictly between 0 and 1 (e.g. 0.75), got {ratio!r}") from None
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"{name} must be strictly between 0 and 1 (e.g. 0.75), got {ratio}")
     return ratio
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _rand(shape, generator, device):
+    """Uniform noise drawn on the generator's device (so a CPU generator works for any target)."""
+    if generator is not None:
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return torch.rand(shape, device=device)
 
 
 def shuffle_ids(noise: torch.Tensor, len_keep: int):
@@ -51,8 +82,17 @@ def mask_to_noise(mask: torch.Tensor, generator: torch.Generator | None = None):
     mask = mask.float()
     visible = (1 - mask).sum(1)
     len_keep = int(visible.min().item())
-    jitter = torch.rand(mask.shape, generator=generator, device=mask.device if generator is None else "cpu")
-    return mask + 0.5 * jitter.to(mask.device), len_keep
+    jitter = _rand(mask.shape, generator, mask.device)
+    return mask + 0.5 * jitter, len_keep
+
+
+def _hide_largest(noise: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool (N, L): True at the ``count`` entries with the largest noise (MAE: small noise = kept)."""
+    n, L = noise.shape
+    ids = noise.argsort(1)
+    mask = torch.zeros(n, L, dtype=torch.bool, device=noise.device)
+    mask.scatter_(1, ids[:, L - count:], True)
+    return mask
 
 
 class MaskGenerator:
@@ -62,6 +102,9 @@ class MaskGenerator:
                  device=None) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """Raise a clear error if this masking cannot be used on a ``grid`` of patches."""
+
 
 class RandomMasking(MaskGenerator):
     """MAE: exactly ``L - int(L*(1-ratio))`` random patches hidden per image."""
@@ -69,52 +112,88 @@ class RandomMasking(MaskGenerator):
     def __init__(self, ratio: float = 0.75):
         self.ratio = check_ratio(ratio)
 
+    def num_hidden(self, L: int) -> int:
+        return L - int(L * (1 - self.ratio))
+
+    def from_noise(self, noise: torch.Tensor, grid=None) -> torch.Tensor:
+        """MAE's rule: keep the ``int(L*(1-r))`` patches with the smallest noise."""
+        return _hide_largest(noise, self.num_hidden(noise.shape[1]))
+
     def __call__(self, batch_size, grid, generator=None, device=None):
         L = grid[0] * grid[1]
-        noise = torch.rand(batch_size, L, generator=generator, device=device)
-        keep = int(L * (1 - self.ratio))
-        ids = noise.argsort(1)
-        mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
-        mask.scatter_(1, ids[:, :keep], False)
-        return mask
+        return self.from_noise(_rand((batch_size, L), generator, device))
+
+    def __repr__(self):
+        return f"RandomMasking(ratio={self.ratio})"
 
 
 class SimMIMMasking(MaskGenerator):
-    """SimMIM: ``ceil(cells*ratio)`` random cells of a ``mask_patch_size`` grid, upsampled to the
-    model's patch grid."""
+    """SimMIM: ``ceil(cells*ratio)`` random cells of a ``mask_patch_size`` grid, each cell repeated
+    ``mask_patch_size/model_patch_size`` times on both axes of the model's patch grid."""
 
     def __init__(self, ratio: float = 0.6, mask_patch_size: int = 32, model_patch_size: int = 16):
         self.ratio = check_ratio(ratio)
+        _check_positive_int(mask_patch_size, "mask_patch_size")
+        _check_positive_int(model_patch_size, "model_patch_size")
         if mask_patch_size % model_patch_size:
+            lo = max(model_patch_size, mask_patch_size // model_patch_size * model_patch_size)
             raise ValueError(
                 f"mask_patch_size {mask_patch_size} must be a multiple of the model patch size "
-                f"{model_patch_size}; use e.g. mask_patch_size={model_patch_size * max(1, round(mask_patch_size / model_patch_size))}"
+                f"{model_patch_size}; use e.g. mask_patch_size={lo} or {lo + model_patch_size}"
             )
         self.mask_patch_size, self.model_patch_size = mask_patch_size, model_patch_size
         self.scale = mask_patch_size // model_patch_size
 
-    def __call__(self, batch_size, grid, generator=None, device=None):
+    def check_grid(self, grid):
         gh, gw = grid
         if gh % self.scale or gw % self.scale:
+            p = self.model_patch_size
             raise ValueError(
-                f"image of {gh * self.model_patch_size}x{gw * self.model_patch_size} px is not divisible by "
-                f"mask_patch_size {self.mask_patch_size}; pick a mask_patch_size that divides the image size"
+                f"image of {gh * p}x{gw * p} px is not divisible by mask_patch_size {self.mask_patch_size}; "
+                f"resize the image to a multiple of {self.mask_patch_size} or pick a mask_patch_size that "
+                f"divides the image size (and is a multiple of the patch size {p})"
             )
-        ch, cw = gh // self.scale, gw // self.scale
-        cells = ch * cw
-        count = int(math.ceil(cells * self.ratio))
-        noise = torch.rand(batch_size, cells, generator=generator, device=device)
-        ids = noise.argsort(1)[:, :count]
-        m = torch.zeros(batch_size, cells, dtype=torch.bool, device=device)
-        m.scatter_(1, ids, True)
-        m = m.reshape(batch_size, ch, cw)
+
+    def cell_grid(self, grid) -> tuple[int, int]:
+        self.check_grid(grid)
+        return grid[0] // self.scale, grid[1] // self.scale
+
+    def num_hidden_cells(self, cells: int) -> int:
+        return int(math.ceil(cells * self.ratio))
+
+    def from_noise(self, noise: torch.Tensor, grid) -> torch.Tensor:
+        """Mask from noise on the cell grid (N, cells), or on the patch grid (N, h*w), in which case
+        each cell takes the noise of its top-left patch. The cells with the largest noise are hidden."""
+        gh, gw = grid
+        ch, cw = self.cell_grid(grid)
+        n = noise.shape[0]
+        if noise.ndim != 2 or noise.shape[1] not in (ch * cw, gh * gw):
+            raise ValueError(f"noise must have shape (batch, cells) = (N, {ch * cw}) or (batch, num_patches) = "
+                             f"(N, {gh * gw}), got {tuple(noise.shape)}")
+        if noise.shape[1] != ch * cw:
+            noise = noise.reshape(n, gh, gw)[:, :: self.scale, :: self.scale].reshape(n, ch * cw)
+        m = _hide_largest(noise, self.num_hidden_cells(ch * cw)).reshape(n, ch, cw)
         m = m.repeat_interleave(self.scale, 1).repeat_interleave(self.scale, 2)
-        return m.reshape(batch_size, gh * gw)
+        return m.reshape(n, gh * gw)
+
+    def __call__(self, batch_size, grid, generator=None, device=None):
+        ch, cw = self.cell_grid(grid)
+        return self.from_noise(_rand((batch_size, ch * cw), generator, device), grid)
+
+    def __repr__(self):
+        return (f"SimMIMMasking(ratio={self.ratio}, mask_patch_size={self.mask_patch_size}, "
+                f"model_patch_size={self.model_patch_size})")
 
 
 class BlockMasking(MaskGenerator):
-    """BEiT block-wise masking: rectangles of area ~U(min, remaining) and log-uniform aspect ratio,
-    accepted when they add between 1 and the remaining number of new patches."""
+    """BEiT block-wise masking, as in the reference implementation.
+
+    Until ``target`` patches are hidden: up to 10 attempts to draw a rectangle of area
+    ``~U(min_num_patches, remaining)`` and aspect ratio log-uniform in ``[min_aspect, max_aspect]``
+    (rounded sides, strictly smaller than the grid) at a random position; it is accepted if it adds
+    between 1 and ``remaining`` new patches. A pass that adds nothing ends the sample, so a mask
+    may hide fewer patches than the target, never more. ``target`` is ``num_masking_patches`` or
+    ``round(L * ratio)``."""
 
     def __init__(self, num_masking_patches: int | None = None, ratio: float | None = 0.4,
                  min_num_patches: int = 16, max_num_patches: int | None = None,
@@ -122,22 +201,40 @@ class BlockMasking(MaskGenerator):
         if num_masking_patches is None:
             self.ratio = check_ratio(ratio)
         else:
+            _check_positive_int(num_masking_patches, "num_masking_patches")
             self.ratio = None
+        _check_positive_int(min_num_patches, "min_num_patches")
+        if max_num_patches is not None:
+            _check_positive_int(max_num_patches, "max_num_patches")
+        if not min_aspect > 0:
+            raise ValueError(f"min_aspect must be > 0 (e.g. 0.3), got {min_aspect}")
+        max_aspect = max_aspect or 1.0 / min_aspect
+        if max_aspect < min_aspect:
+            raise ValueError(f"max_aspect {max_aspect} must be >= min_aspect {min_aspect}")
         self.num_masking_patches = num_masking_patches
         self.min_num_patches = min_num_patches
         self.max_num_patches = max_num_patches
-        max_aspect = max_aspect or 1.0 / min_aspect
         self.log_aspect = (math.log(min_aspect), math.log(max_aspect))
 
-    def _one(self, rng: random.Random, h: int, w: int, target: int) -> torch.Tensor:
+    def target(self, grid) -> int:
+        L = grid[0] * grid[1]
+        return self.num_masking_patches if self.num_masking_patches is not None else int(round(L * self.ratio))
+
+    def check_grid(self, grid):
+        if self.target(grid) > grid[0] * grid[1]:
+            raise ValueError(f"num_masking_patches {self.num_masking_patches} exceeds the {grid[0]}x{grid[1]} "
+                             f"patch grid; use at most {grid[0] * grid[1]} or pass ratio instead")
+
+    def _one(self, rng: random.Random, h: int, w: int, target: int, rects: list | None = None) -> torch.Tensor:
         mask = torch.zeros(h, w, dtype=torch.bool)
-        max_num = self.max_num_patches or target
         count = 0
         while count < target:
-            max_patches = min(target - count, max_num)
+            max_patches = min(target - count, self.max_num_patches or target)
             delta = 0
             for _ in range(10):
-                area = rng.uniform(min(self.min_num_patches, max_patches), max_patches)
+                # the reference draws uniform(min, max) even when min > max (Python then returns a
+                # value between the two); kept for fidelity
+                area = rng.uniform(self.min_num_patches, max_patches)
                 aspect = math.exp(rng.uniform(*self.log_aspect))
                 bh = int(round(math.sqrt(area * aspect)))
                 bw = int(round(math.sqrt(area / aspect)))
@@ -148,6 +245,8 @@ class BlockMasking(MaskGenerator):
                     if 0 < new <= max_patches:
                         mask[top:top + bh, left:left + bw] = True
                         delta = new
+                        if rects is not None:
+                            rects.append((top, left, bh, bw))
                     if delta > 0:
                         break
             if delta == 0:
@@ -155,16 +254,30 @@ class BlockMasking(MaskGenerator):
             count += delta
         return mask.reshape(-1)
 
-    def __call__(self, batch_size, grid, generator=None, device=None):
+    def __call__(self, batch_size, grid, generator=None, device=None, rects: list | None = None):
+        """``rects``: optional list that receives, per sample, the list of accepted rectangles
+        ``(top, left, height, width)`` (for inspection and tests)."""
+        self.check_grid(grid)
         h, w = grid
-        target = self.num_masking_patches or int(round(h * w * self.ratio))
-        seeds = torch.randint(0, 2**31 - 1, (batch_size,), generator=generator).tolist()
-        masks = [self._one(random.Random(s), h, w, target) for s in seeds]
+        target = self.target(grid)
+        gen_device = generator.device if generator is not None else "cpu"
+        seeds = torch.randint(0, 2**31 - 1, (batch_size,), generator=generator, device=gen_device).tolist()
+        masks = []
+        for s in seeds:
+            r = [] if rects is not None else None
+            masks.append(self._one(random.Random(s), h, w, target, r))
+            if rects is not None:
+                rects.append(r)
         return torch.stack(masks).to(device)
+
+    def __repr__(self):
+        return (f"BlockMasking(num_masking_patches={self.num_masking_patches}, ratio={self.ratio}, "
+                f"min_num_patches={self.min_num_patches})")
 
 
 class CenterMasking(MaskGenerator):
-    """Inpainting: a centred square hiding about ``ratio`` of the patch grid (same for every image)."""
+    """Inpainting: a centred rectangle of ``round(h*sqrt(r)) x round(w*sqrt(r))`` patches (at least
+    one), the same for every image."""
 
     def __init__(self, ratio: float = 0.25):
         self.ratio = check_ratio(ratio)
@@ -178,31 +291,52 @@ class CenterMasking(MaskGenerator):
         m[top:top + sh, left:left + sw] = True
         return m.reshape(1, -1).expand(batch_size, -1).clone()
 
+    def __repr__(self):
+        return f"CenterMasking(ratio={self.ratio})"
+
 
 class ExplicitMasking(MaskGenerator):
-    """A user-supplied mask: (h, w), (h*w,), or (N, h*w); nonzero = hidden."""
+    """A user-supplied mask: (h, w), (h*w,), (1, h*w) or (N, h*w); nonzero = hidden."""
 
     def __init__(self, mask):
         self.mask = torch.as_tensor(mask).bool()
 
     def __call__(self, batch_size, grid, generator=None, device=None):
         L = grid[0] * grid[1]
-        m = self.mask.reshape(-1, L) if self.mask.numel() % L == 0 else None
+        m = self.mask.reshape(-1, L) if self.mask.numel() % L == 0 and self.mask.numel() else None
         if m is None or m.shape[0] not in (1, batch_size):
             raise ValueError(f"explicit mask of shape {tuple(self.mask.shape)} does not fit a batch of "
-                             f"{batch_size} on a {grid[0]}x{grid[1]} patch grid")
+                             f"{batch_size} on a {grid[0]}x{grid[1]} patch grid; pass (h, w) = {tuple(grid)}, "
+                             f"({L},) or ({batch_size}, {L})")
         return m.expand(batch_size, -1).clone().to(device)
 
 
 MASKINGS = {
     "random": RandomMasking,
+    "mae": RandomMasking,
     "simmim": SimMIMMasking,
     "block": BlockMasking,
+    "beit": BlockMasking,
     "center": CenterMasking,
+    "explicit": ExplicitMasking,
 }
 
 
-def build_masking(name: str, **kwargs) -> MaskGenerator:
+def build_masking(name: str, ratio: float | None = None, patch_size: int | None = None, **kwargs) -> MaskGenerator:
+    """Build a masking by name. ``ratio`` and ``patch_size`` (the model's patch size) are generic
+    defaults a method can always pass: ``ratio`` is used by every ratio-based masking unless
+    ``kwargs`` set it, ``patch_size`` becomes SimMIM's ``model_patch_size``."""
     if name not in MASKINGS:
         raise ValueError(f"unknown masking {name!r}; choose one of {sorted(MASKINGS)}")
-    return MASKINGS[name](**kwargs)
+    cls = MASKINGS[name]
+    if ratio is not None and cls is not ExplicitMasking and "num_masking_patches" not in kwargs:
+        kwargs.setdefault("ratio", ratio)
+    if patch_size is not None and cls is SimMIMMasking:
+        kwargs.setdefault("model_patch_size", patch_size)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        import inspect
+
+        accepted = [k for k in inspect.signature(cls).parameters]
+        raise ValueError(f"bad options for masking {name!r}: {e}; accepted: {accepted}") from None

@@ -78,6 +78,6 @@ for _size, _patch in (("base", 16), ("large", 16), ("huge", 14)):
 
 register_recipe(
     "mae_vit_tiny_patch4_28", MAE, "MAE on a tiny ViT for 28x28 grayscale (Fashion-MNIST) on CPU",
-    img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=6, num_heads=3,
-    decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, norm_pix_loss=False, mask_ratio=0.75,
+    img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4,
+    decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, norm_pix_loss=False, mask_ratio=0.75,
 )
