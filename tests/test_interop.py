@@ -4,7 +4,6 @@ Every MIM method registered in mimkit is covered (the list is checked against th
 method without a tiny configuration here fails loudly instead of being skipped)."""
 import argparse
 import json
-import warnings
 
 import pytest
 import timm
@@ -341,3 +340,25 @@ def test_lightning_checkpoint_at_another_resolution(tmp_path):
     assert big.encoder.pos_embed.shape[1] == 1 + 64
     x = torch.randn(2, model.in_chans, 32, 32)
     assert torch.equal(big.encode(x), model.encode(x))
+
+
+def test_transformers_eps_survives_timm_export(tmp_path):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    cfg = ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=16, patch_size=4, num_channels=1, decoder_hidden_size=16,
+                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32)
+    assert cfg.layer_norm_eps == 1e-12  # transformers' default, not timm's 1e-6
+    model = from_hf(ViTMAEForPreTraining(cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(2, 1, 16, 16)
+    assert (to_timm(model).forward_features(x) - model.encode(x)).abs().max() < 1e-6
+    with pytest.warns(UserWarning, match="eps"):
+        from mimkit.interop.timm import save_timm
+
+        save_timm(model, tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["layer_norm_eps"]["norm"] == 1e-12
+    assert (load_timm(tmp_path / "t").forward_features(x) - model.encode(x)).abs().max() < 1e-6

@@ -230,3 +230,21 @@ def test_clear_errors():
     cfg.hidden_act = "relu"
     with pytest.raises(ValueError, match="hidden_act"):
         from_hf(ViTForMaskedImageModeling(cfg))
+
+
+def test_encode_shapes_and_no_weight_decay():
+    from mimkit.eval.features import pool
+    from mimkit.train.module import no_weight_decay_names
+
+    swin = mimkit.create("simmim_swin_tiny_window4_32", embed_dim=16, depths=(1, 1), num_heads=(1, 2)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    tok = swin.encode(x)
+    last = swin.encoder(x).last_hidden_state
+    # no cls in Swin: the average token stands in front, so (N, 1+L, D) holds and pooling works unchanged
+    assert tok.shape == (2, 1 + 16, 32) and torch.allclose(tok[:, 0], last.mean(1)) and torch.equal(tok[:, 1:], last)
+    assert torch.allclose(pool(tok, "mean"), pool(tok, "cls"))
+    names = no_weight_decay_names(swin)
+    assert "encoder.mask_token" in names and "encoder.layers.0.blocks.0.attn.relative_position_bias_table" in names
+    vit = mimkit.create("simmim_vit_tiny_patch4_28", embed_dim=32, depth=1, num_heads=2)
+    assert vit.encode(torch.rand(2, 1, 28, 28)).shape == (2, 50, 32)
+    assert {"encoder.mask_token", "encoder.pos_embed", "encoder.cls_token"} <= no_weight_decay_names(vit)

@@ -49,10 +49,12 @@ def run(args) -> int:
         hf.save_pretrained(out)
         print(f"wrote {out} ({type(hf).__name__}.from_pretrained({str(out)!r}))")
     else:
-        from mimkit.interop.timm import save_timm, read_timm_dir
+        import json
+
+        from mimkit.interop.timm import save_timm
 
         save_timm(model, out)
-        arch, kwargs, _ = read_timm_dir(out)
+        arch = json.loads((out / "config.json").read_text())["architecture"]
         print(f"wrote {out}/model.safetensors + config.json: timm.create_model({arch!r}, num_classes=0, "
               f"**config['kwargs']) then load_state_dict(strict=True)")
     return 0

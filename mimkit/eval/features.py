@@ -4,13 +4,37 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+POOLS = ("cls", "mean")
 
-def pool(tokens: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """(N, 1+L, D) encoder tokens -> (N, D): the cls token or the mean of the patch tokens."""
+
+def _encoder_of(model):
+    return getattr(model, "encoder", model)
+
+
+def has_cls_token(model) -> bool:
+    """Whether the encoder's token sequence starts with a class token (ViT, BEiT: yes; Swin: no)."""
+    return getattr(_encoder_of(model), "cls_token", None) is not None
+
+
+def check_pool(model, how: str) -> None:
+    """Clear error for a pooling the model cannot do (e.g. ``cls`` on a Swin encoder)."""
+    if how not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {how!r}")
+    if how == "cls" and not has_cls_token(model):
+        raise ValueError(f"{type(_encoder_of(model)).__name__} has no cls token (Swin attends within windows and "
+                         "outputs only patch tokens); use pool 'mean' (--pool mean)")
+
+
+def pool(tokens: torch.Tensor, how: str = "mean", cls_token: bool = True) -> torch.Tensor:
+    """(N, T, D) encoder tokens -> (N, D): the cls token or the mean of the patch tokens.
+    ``cls_token`` says whether ``tokens[:, 0]`` is a class token (False for Swin: every token is a
+    patch token, and 'cls' is an error)."""
     if how == "cls":
+        if not cls_token:
+            raise ValueError("this encoder has no cls token (e.g. Swin); use pool 'mean'")
         return tokens[:, 0]
     if how == "mean":
-        return tokens[:, 1:].mean(1)
+        return tokens[:, 1:].mean(1) if cls_token else tokens.mean(1)
     raise ValueError(f"pool must be 'cls' or 'mean', got {how!r}")
 
 
@@ -22,15 +46,20 @@ def extract_features(model, dataset, pool_how: str | tuple = "mean", batch_size:
     from tqdm.auto import tqdm
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = (pool_how,) if isinstance(pool_how, str) else tuple(pool_how)
+    for n in names:
+        check_pool(model, n)
+    cls = has_cls_token(model)
+    was_training = model.training
     model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    names = (pool_how,) if isinstance(pool_how, str) else tuple(pool_how)
     feats, labels = {n: [] for n in names}, []
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             tok = model.encode(x.to(device, non_blocking=True))
         for n in names:
-            feats[n].append(pool(tok, n).float().cpu())
+            feats[n].append(pool(tok, n, cls).float().cpu())
         labels.append(torch.as_tensor(y))
+    model.train(was_training)
     out = {n: torch.cat(f) for n, f in feats.items()}
     return (out[pool_how] if isinstance(pool_how, str) else out), torch.cat(labels)

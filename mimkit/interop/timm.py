@@ -6,8 +6,9 @@
 * :func:`save_timm` / :func:`load_timm`: a directory with ``model.safetensors`` + ``config.json``
   (``architecture``, ``kwargs``, ``pretrained_cfg``) that also loads with ``timm.create_model(arch,
   pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=..., **pretrained_cfg), **kwargs)``.
-* :func:`from_timm`: a timm ``VisionTransformer`` (or ``Beit`` / ``SwinTransformer`` when mimkit
-  has those encoders) -> a mimkit model, to evaluate or continue pretraining a timm encoder.
+* :func:`from_timm`: a timm ``VisionTransformer``, ``Beit`` or ``SwinTransformer`` -> a mimkit model
+  (method of your choice), to evaluate or continue pretraining a timm encoder;
+  :func:`import_timm_dir` does the same from a :func:`save_timm` directory.
 
 ViT encoders (MAE, SimMIM-ViT, MaskFeat) map to ``timm.models.vision_transformer.VisionTransformer``
 with ``class_token=True, global_pool="token", fc_norm=False, pos_embed="learn"``: mimkit's
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ops import to_2tuple
+from ..ops import check_image_size, to_2tuple
 
 TIMM_CONFIG = "config.json"
 TIMM_WEIGHTS = "model.safetensors"
@@ -61,10 +62,8 @@ def _copy_eps(src: nn.Module, dst: nn.Module) -> list[str]:
 
 # ----------------------------------------------------------------------------- ViT --------
 def _vit_export(enc, img_size):
-    from .. import ops
-
     size = to_2tuple(img_size) if img_size is not None else tuple(enc.img_size)
-    ops.check_image_size(size, enc.patch_size)
+    check_image_size(size, enc.patch_size)
     grid = (size[0] // enc.patch_size, size[1] // enc.patch_size)
     blk = enc.blocks[0] if len(enc.blocks) else None
     kwargs = dict(
@@ -97,8 +96,6 @@ def _beit_export(enc, img_size):
     from ..encoders.beit import resize_rel_pos_table
 
     size = to_2tuple(img_size) if img_size is not None else tuple(enc.img_size)
-    from ..ops import check_image_size
-
     check_image_size(size, enc.patch_size)
     grid = (size[0] // enc.patch_size, size[1] // enc.patch_size)
     blk = enc.blocks[0]
@@ -193,11 +190,10 @@ def _load_strict(module, sd, what):
 def save_timm(model, directory, img_size=None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (``architecture``, ``kwargs``, ``num_classes=0``)
     in ``directory`` for ``timm.create_model(architecture, num_classes=0, **kwargs)``."""
+    import timm
     from safetensors.torch import save_file
 
     from ..checkpoint import atomic_write
-
-    import timm
 
     arch, kwargs, sd = timm_state_dict(model, img_size)
     # build the timm model once: proves the strict load before anything is written
@@ -280,10 +276,12 @@ def _params(fn) -> set[str]:
 def from_timm(timm_model: nn.Module, method: str = "mae", **overrides):
     """Build a mimkit model of ``method`` whose encoder holds the weights of ``timm_model``.
 
-    Supports timm ``VisionTransformer`` (cls token, absolute position embedding; the embedding is
-    kept as loaded at the native resolution and interpolated at others when the method accepts
-    ``pos_embed="learned"``). Method parts that timm lacks (decoder, mask token, heads) keep their
-    fresh initialisation. ``overrides`` go to the method's builder (e.g. ``decoder_depth=2``)."""
+    Supports timm ``VisionTransformer`` (one cls token, absolute position embedding; a sin-cos table
+    is recognised as such, any other is kept as ``pos_embed="learned"`` where the method offers it)
+    for the ViT methods (mae, simmim, maskfeat), ``Beit`` for beit and ``SwinTransformer`` for
+    simmim_swin. Method parts that timm lacks (decoder, mask token, heads) keep their fresh
+    initialisation. ``overrides`` go to the method's builder (e.g. ``decoder_depth=2``,
+    ``mask_patch_size=8``)."""
     name = type(timm_model).__name__
     fn = _FROM_TIMM.get(name)
     if fn is None:
@@ -440,7 +438,9 @@ def import_timm_dir(directory, method: str | None = None, **overrides):
             method = next((n for n, b in BUILDERS.items() if b is cls), None)
     if saved and method is not None:
         accepted = _params(_builder(method))
-        extra = {k: v for k, v in saved.items() if k not in _ENCODER_ARGS and k in accepted}
+        # a tokenizer's weights are not in a timm export; a config-only rebuild would be random
+        extra = {k: v for k, v in saved.items()
+                 if k not in _ENCODER_ARGS and k in accepted and k != "tokenizer_config"}
         overrides = {**extra, **overrides}
     if method is None:
         method = _DEFAULT_METHOD.get(type(tm).__name__, "mae")

@@ -17,15 +17,17 @@ class MAE(MIMModel):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  norm_pix_loss=False, mask_ratio=0.75, norm_eps=1e-6, drop_path_rate=0.0,
-                 masking="random", masking_kwargs=None):
+                 masking="random", masking_kwargs=None, pos_embed="sincos"):
         super().__init__(img_size, patch_size, in_chans)
         self.mask_ratio = check_ratio(mask_ratio)
         self.norm_pix_loss = norm_pix_loss
         self.encoder = ViTEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                                  norm_eps=norm_eps, drop_path_rate=drop_path_rate)
+                                  norm_eps=norm_eps, drop_path_rate=drop_path_rate, pos_embed=pos_embed)
         self.decoder = MAEDecoder(self.encoder.grid_size, embed_dim, patch_size**2 * in_chans,
                                   decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps)
-        self.masking = None if masking == "random" else build_masking(masking, **(masking_kwargs or {}))
+        # any other strategy (block, simmim, center) feeds MAE's shuffle through mask_to_noise
+        self.masking = None if masking in ("random", "mae") else build_masking(
+            masking, ratio=mask_ratio, patch_size=patch_size, **(masking_kwargs or {}))
 
     def _ids(self, images, noise, mask):
         n, grid = images.shape[0], self.grid(images)

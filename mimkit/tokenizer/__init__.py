@@ -35,8 +35,10 @@ def load_tokenizer(path, **dalle_kwargs):
                                 (path.suffix == ".safetensors" and not (path.parent / "config.json").exists()))
     if dalle:
         return load_dalle_encoder(path, **dalle_kwargs)
-    from ..checkpoint import load_model
+    from ..checkpoint import WEIGHTS, load_model
 
+    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model" / WEIGHTS).exists():
+        path = path / "model"  # a run directory of `mimkit tokenizer train`
     model = load_model(path)
     if not is_tokenizer(model):
         raise ValueError(f"{path} holds a {getattr(model, 'method', type(model).__name__)} model, not a tokenizer "

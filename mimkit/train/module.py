@@ -36,10 +36,12 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class MIMModule(L.LightningModule):
-    def __init__(self, model_config: dict, optim: dict, batch_size: int):
+    def __init__(self, model_config: dict | None, optim: dict, batch_size: int, model: torch.nn.Module | None = None):
+        """``model_config`` builds the model ({"recipe": name, **overrides}); or pass a ready ``model``
+        (e.g. a converted checkpoint, or a peer wrapped for a benchmark)."""
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build_from_config(model_config)
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model if model is not None else build_from_config(model_config)
         self.optim_cfg = optim
         self.batch_size = batch_size
         self._has_step_hook = callable(getattr(self.model, "on_train_step", None))
@@ -73,10 +75,13 @@ class MIMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        # a batch is (images, labels) from a classification dataset, or a dict of model inputs
+        # (e.g. {"images", "mask", "labels"} when masks/targets are made in the data workers)
+        inputs = batch if isinstance(batch, dict) else {"images": batch[0] if isinstance(batch, (list, tuple)) else batch}
+        images = inputs["images"]
         if self._has_step_hook:
             self.model.on_train_step(self.global_step, getattr(self, "total_steps", 1))
-        out = getattr(self, "_compiled", self.model)(images)
+        out = getattr(self, "_compiled", self.model)(**inputs)
         loss = out.loss
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(

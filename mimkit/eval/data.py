@@ -1,0 +1,126 @@
+"""What the evaluation commands read: a model from any checkpoint spec, and labelled train/test sets
+sized for that model (Fashion-MNIST or an ImageFolder directory)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_HELP = ("mimkit model: run directory, model directory, .safetensors or Lightning .ckpt; "
+                   "hf:DIR = a transformers save_pretrained directory (converted with from_hf); "
+                   "timm:DIR = a directory written by `mimkit export --format timm`; "
+                   "recipe:NAME = a randomly initialised recipe (a baseline)")
+DATA_HELP = ("fashion_mnist (the real 60k/10k split) or an ImageFolder directory with train/ and test/ "
+             "(or val/) sub-folders, one folder per class inside each")
+
+
+def load_model_spec(spec: str, **overrides):
+    """Model from a checkpoint spec (see ``CHECKPOINT_HELP``)."""
+    spec = str(spec)
+    if spec.startswith("hf:"):
+        from ..interop.hf import from_hf
+
+        return from_hf(spec[3:]).eval()
+    if spec.startswith("timm:"):
+        from ..interop import timm as timm_interop
+
+        if not hasattr(timm_interop, "import_timm_dir"):
+            raise ValueError("this mimkit has no timm import (mimkit.interop.timm.import_timm_dir)")
+        return timm_interop.import_timm_dir(spec[5:], **overrides).eval()
+    if spec.startswith("recipe:"):
+        from ..registry import create
+
+        return create(spec[7:], **overrides).eval()
+    from ..checkpoint import load_model
+
+    return load_model(spec, **overrides)
+
+
+def model_input(model) -> tuple[int, int]:
+    """(square image size, channels) the model takes."""
+    from ..ops import to_2tuple
+
+    h, w = to_2tuple(getattr(model, "img_size", None) or getattr(model.encoder, "img_size"))
+    if h != w:
+        raise ValueError(f"evaluation feeds square crops; this model takes {h}x{w} images")
+    return int(h), int(getattr(model, "in_chans", None) or model.encoder.in_chans)
+
+
+class _ToChannels(torch.nn.Module):
+    """Repeat a 1-channel image to ``chans`` channels (grayscale data for an RGB model)."""
+
+    def __init__(self, chans: int):
+        super().__init__()
+        self.chans = chans
+
+    def forward(self, x):
+        return x.expand(self.chans, *x.shape[1:]) if x.shape[0] == 1 and self.chans > 1 else x
+
+
+def _transform(img_size, mean, std, train: bool, crop_scale, hflip, chans, gray_source):
+    from torchvision.transforms import v2
+
+    from ..data import eval_transform, pretrain_transform
+
+    tf = pretrain_transform(img_size, mean, std, crop_scale, hflip) if train else eval_transform(img_size, mean, std)
+    if gray_source and chans > 1:
+        tf = v2.Compose([_ToChannels(chans), tf])
+    return tf
+
+
+def folder_split(root, split: str) -> Path:
+    root = Path(root)
+    names = ("train",) if split == "train" else ("test", "val")
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise FileNotFoundError(
+        f"{root} needs a {' or '.join(names)}/ sub-folder (ImageFolder layout: {root}/train/<class>/*.png and "
+        f"{root}/test/<class>/*.png) for evaluation; split your images into train/ and test/ first")
+
+
+def eval_dataset(data: str, split: str, model, *, train_aug: bool = False, limit: int | None = None, mean=None,
+                 std=None, crop_scale=(0.2, 1.0), hflip: bool = True, root=None):
+    """Labelled dataset for ``model``: ``data`` = 'fashion_mnist' or an ImageFolder directory.
+    Returns (dataset, class names)."""
+    from ..data import FMNIST_CLASSES, SafeImageFolder, TensorImages, default_stats, load_fashion_mnist
+
+    size, chans = model_input(model)
+    name = "fashion_mnist" if data in ("fashion_mnist", "fmnist", "fashion-mnist") else "image_folder"
+    d_mean, d_std = default_stats(name, chans)
+    mean, std = list(mean or d_mean), list(std or d_std)
+    if len(mean) == 1 and chans > 1:
+        mean, std = mean * chans, std * chans
+    if len(mean) != chans or len(std) != chans:
+        raise ValueError(f"mean/std need {chans} values (one per model input channel), got {mean} / {std}")
+    if name == "fashion_mnist":
+        images, labels = load_fashion_mnist(split, root)
+        if limit:
+            images, labels = images[: int(limit)], labels[: int(limit)]
+        tf = _transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=True)
+        return TensorImages(images, labels, tf), list(FMNIST_CLASSES)
+    path = Path(data)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data {data!r} is neither 'fashion_mnist' nor a directory")
+    tf = _transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=False)
+    ds = SafeImageFolder(folder_split(path, split), tf, chans)
+    classes = list(ds.classes)
+    if limit:
+        ds = torch.utils.data.Subset(ds, range(min(int(limit), len(ds))))
+    return ds, classes
+
+
+def check_same_classes(train_classes, test_classes) -> None:
+    if list(train_classes) != list(test_classes):
+        raise ValueError(f"train and test folders hold different classes: {train_classes} vs {test_classes}; "
+                         "both need the same class sub-folders")
+
+
+def print_table(rows: list[tuple], headers: tuple) -> str:
+    """A small Markdown table (returned and printed)."""
+    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    out = "\n".join([line(cells[0]), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, cells[1:])])
+    print(out)
+    return out

@@ -1,0 +1,222 @@
+"""Full fine-tuning of a pretrained encoder + linear head on Lightning (the MAE/BEiT protocol).
+
+* layer-wise lr decay: ``lr_scale = layer_decay ** (depth + 1 - layer)`` with the embeddings at
+  layer 0, block ``i`` at layer ``i + 1`` and the head at scale 1 (:mod:`mimkit.eval.classifier`,
+  timm's ``param_groups_layer_decay``);
+* stochastic depth (``drop_path``) set on the copied encoder's blocks;
+* optional mixup / cutmix (timm ``Mixup``, soft targets with ``SoftTargetCrossEntropy``) and label
+  smoothing;
+* AdamW (0.9, 0.999), ``lr = blr * batch_size / 256``, linear warm-up then per-step half-cosine.
+
+The model passed in is not modified (its encoder is copied). The reported accuracy is the test
+accuracy after the last epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .classifier import Classifier, layer_decay_param_groups, set_drop_path
+
+from . import FINETUNE_DEFAULTS  # noqa: F401  (re-exported)
+
+
+class FinetuneModule(L.LightningModule):
+    """Trains a :class:`Classifier`; logs ``train/loss``, ``train/lr``, ``val/loss`` and ``val/acc``."""
+
+    def __init__(self, classifier: Classifier, lr: float, min_lr: float = 0.0, weight_decay: float = 0.05,
+                 layer_decay: float = 0.75, warmup_epochs: float = 1.0, mixup: float = 0.0, cutmix: float = 0.0,
+                 label_smoothing: float = 0.0, betas=(0.9, 0.999)):
+        super().__init__()
+        self.classifier = classifier
+        self.lr, self.min_lr, self.weight_decay, self.layer_decay = lr, min_lr, weight_decay, layer_decay
+        self.warmup_epochs, self.betas = warmup_epochs, tuple(betas)
+        self.mixup_fn = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                                  num_classes=classifier.num_classes)
+            self.train_loss = SoftTargetCrossEntropy()
+        else:
+            self.train_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.eval_loss = nn.CrossEntropyLoss()
+        self.loss_history: list[float] = []
+
+    def forward(self, images):
+        return self.classifier(images)
+
+    def configure_optimizers(self):
+        groups = layer_decay_param_groups(self.classifier, self.weight_decay, self.layer_decay)
+        for g in groups:
+            g["lr"] = self.lr * g["lr_scale"]
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(self.warmup_epochs * total / epochs))
+        min_ratio = self.min_lr / self.lr if self.lr > 0 else 0.0
+        from ..train.module import warmup_cosine
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.mixup_fn is not None:
+            if x.shape[0] % 2:
+                raise ValueError(f"mixup/cutmix need an even batch size, got {x.shape[0]}")
+            x, y = self.mixup_fn(x, y)
+        loss = self.train_loss(self.classifier(x), y)
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"fine-tuning loss became {loss.item()} at step {self.global_step}; lower the "
+                                     "learning rate (--blr/--lr)")
+        self.loss_history.append(float(loss.detach()))
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.classifier(x)
+        bs = x.shape[0]
+        self.log("val/loss", self.eval_loss(logits.float(), y), batch_size=bs, on_epoch=True)
+        self.log("val/acc", (logits.argmax(1) == y).float().mean(), batch_size=bs, on_epoch=True, prog_bar=True)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide Lightning's informational banner lines (GPU available, tips) and the warning about a
+    validation_step without a validation loader (we validate once, at the end)."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _precision(device_type: str) -> str:
+    return "bf16-mixed" if device_type == "cuda" else "32-true"
+
+
+def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str = "cls", epochs: int = 10,
+             batch_size: int = 128, blr: float = 1e-3, lr: float | None = None, min_lr: float = 1e-6,
+             layer_decay: float = 0.75, weight_decay: float = 0.05, drop_path: float = 0.1, mixup: float = 0.0,
+             cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
+             out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
+             accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None):
+    """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
+    ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
+
+    ``lr`` is absolute; when None it is ``blr * batch_size / 256``. ``eval_every`` > 0 also
+    evaluates every that many epochs (logged as ``val/acc``). ``out_dir`` receives
+    ``classifier.safetensors``, ``finetune.json`` and the Lightning CSV logs.
+    Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if len(train_dataset) < batch_size:
+        raise ValueError(f"the training set has {len(train_dataset)} images, fewer than batch_size={batch_size}; "
+                         "lower --batch-size")
+    L.seed_everything(seed, workers=True, verbose=False)
+    encoder = getattr(model, "encoder", model)
+    classifier = Classifier(encoder, num_classes, pool)
+    dpr = set_drop_path(classifier.encoder, drop_path)
+    lr = float(lr) if lr is not None else blr * batch_size / 256
+    module = FinetuneModule(classifier, lr, min_lr, weight_decay, layer_decay, warmup_epochs, mixup, cutmix,
+                            label_smoothing)
+    pin = torch.cuda.is_available()
+    train_loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                              num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+    test_loader = DataLoader(test_dataset, batch_size=max(256, batch_size), shuffle=False, num_workers=num_workers,
+                             pin_memory=pin)
+    out_dir = Path(out_dir) if out_dir else None
+    logger = False
+    if out_dir is not None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(str(out_dir), name="logs", version="")
+    device_type = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    kw = dict(max_epochs=epochs, accelerator=accelerator, devices=1 if accelerator != "auto" or device_type == "cpu"
+              else "auto", precision=precision or _precision(device_type), logger=logger,
+              enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+              num_sanity_val_steps=0, log_every_n_steps=10,
+              check_val_every_n_epoch=eval_every if eval_every and eval_every > 0 else 1,
+              default_root_dir=str(out_dir) if out_dir else None)
+    if not (eval_every and eval_every > 0):
+        kw["limit_val_batches"] = 0
+    kw.update(trainer_kwargs or {})
+    with _quiet_lightning():
+        trainer = L.Trainer(**kw)
+        t0 = time.time()
+        trainer.fit(module, train_loader, test_loader if eval_every and eval_every > 0 else None)
+        t_fit = time.time() - t0
+        trainer.limit_val_batches = 1.0
+        t1 = time.time()
+        metrics = trainer.validate(module, test_loader, verbose=False)[0]
+    hist = module.loss_history
+    steps_per_epoch = max(1, len(hist) // epochs)
+    results = {
+        "acc": float(metrics["val/acc"]), "test_loss": float(metrics["val/loss"]),
+        "train_loss_first_epoch": float(sum(hist[:steps_per_epoch]) / max(1, len(hist[:steps_per_epoch]))),
+        "train_loss_last_epoch": float(sum(hist[-steps_per_epoch:]) / max(1, len(hist[-steps_per_epoch:]))),
+        "epochs": epochs, "steps": len(hist), "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
+        "layer_decay": layer_decay, "weight_decay": weight_decay, "drop_path": drop_path, "mixup": mixup,
+        "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs, "pool": pool,
+        "seed": seed, "train_images": len(train_dataset), "test_images": len(test_dataset),
+        "fit_seconds": round(t_fit, 1), "eval_seconds": round(time.time() - t1, 1),
+        "train_images_per_second": round(len(hist) * batch_size / max(t_fit, 1e-9), 1),
+        "drop_path_per_block": [round(p, 4) for p in dpr],
+    }
+    classifier = module.classifier.cpu().eval()
+    if out_dir is not None:
+        save_classifier(classifier, out_dir, model, results)
+    return classifier, results
+
+
+def save_classifier(classifier: Classifier, out_dir, source_model=None, results: dict | None = None) -> Path:
+    """``out_dir/classifier.safetensors`` + ``out_dir/finetune.json`` (results, pool, classes and
+    the source model's mimkit config, so :func:`load_classifier` can rebuild it)."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint import _jsonable, atomic_write
+
+    out_dir = Path(out_dir)
+    sd = {k: v.detach().contiguous().cpu() for k, v in classifier.state_dict().items()}
+    atomic_write(out_dir / "classifier.safetensors", lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    meta = {"pool": classifier.pool, "num_classes": classifier.num_classes,
+            "source_model": _jsonable(getattr(source_model, "mimkit_config", None) or None),
+            "results": results or {}}
+    atomic_write(out_dir / "finetune.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
+    return out_dir
+
+
+def load_classifier(out_dir) -> Classifier:
+    """Rebuild a classifier written by :func:`save_classifier` (needs the source model's config)."""
+    from ..checkpoint import build_from_config, read_safetensors
+
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "finetune.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} not found; `mimkit finetune --out DIR` writes it")
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("source_model"):
+        raise ValueError(f"{meta_path} does not record the source model's mimkit config; rebuild the Classifier "
+                         "yourself and load classifier.safetensors")
+    src = build_from_config(meta["source_model"])
+    clf = Classifier(src.encoder, meta["num_classes"], meta["pool"], copy_encoder=False)
+    clf.load_state_dict(read_safetensors(out_dir / "classifier.safetensors"))
+    return clf.eval()
