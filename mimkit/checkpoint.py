@@ -16,17 +16,38 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask() to read is racy with other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def atomic_write(path, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path`` atomically."""
+    """Call ``write_fn(tmp_path)`` on a temporary file in the same directory, flush it to disk, then
+    rename it onto ``path`` (``os.replace`` is atomic): a crash or kill at any moment leaves either the
+    old file or the new one under ``path``, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
         write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        try:  # make the rename itself durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -39,12 +60,13 @@ def model_config(model) -> dict:
     return cfg
 
 
-def save_model(model, directory) -> Path:
+def save_model(model, directory, state_dict: dict | None = None) -> Path:
+    """Write ``model`` (or ``state_dict``, e.g. gathered from FSDP shards, with ``model``'s config)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     cfg = model_config(model)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
     atomic_write(directory / WEIGHTS, lambda p: save_file(sd, p, metadata={"format": "pt", "mimkit": "1"}))
     atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(_jsonable(cfg), indent=2)))
     return directory
@@ -87,6 +109,42 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def check_checkpoint_file(path) -> None:
+    """Cheap sanity check of a PyTorch checkpoint file before a long set-up: it exists, is not empty
+    and is a complete zip archive (torch.save's format; a truncated copy has no central directory)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): the write never finished. Use an earlier checkpoint.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a complete PyTorch checkpoint ({size} bytes; truncated, or not written by "
+                         "torch.save). Use an earlier checkpoint (last.ckpt or a periodic one in checkpoints/).")
+
+
+def check_training_checkpoint(ckpt, path, resume: bool = True) -> dict:
+    """``ckpt`` (loaded from ``path``) must be a mimkit/Lightning training checkpoint; with ``resume``
+    it must also hold the optimiser and loop state needed to continue."""
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"dict with keys {sorted(map(str, ckpt))[:6]}"
+        raise ValueError(f"{path} is not a mimkit training checkpoint (it holds a {kind}); pass a .ckpt written by "
+                         "`mimkit pretrain` (run_dir/checkpoints/last.ckpt)")
+    if not (ckpt.get("hyper_parameters") or {}).get("model_config"):
+        raise ValueError(f"{path} is a Lightning checkpoint but not one of `mimkit pretrain` (no model_config in "
+                         "hyper_parameters)")
+    if resume:
+        missing = [k for k in ("optimizer_states", "loops") if k not in ckpt]
+        if missing:
+            raise ValueError(f"{path} holds weights only (no {', '.join(missing)}), so training cannot continue from "
+                             "it; start a new run, or resume from a full checkpoint")
+    return ckpt
 
 
 def read_torch_checkpoint(path) -> dict:

@@ -148,56 +148,78 @@ def default_stats(name: str, in_chans: int):
 class SafeImageFolder(Dataset):
     """torchvision ImageFolder that converts every image (grayscale, RGBA, palette, 16-bit) to
     ``in_chans`` channels and skips unreadable files with a counted warning (or raises with the
-    file's path when ``on_error='raise'``)."""
+    file's path when ``on_error='raise'``). A folder of images without class sub-folders is one
+    class. Images smaller than the crop are upsampled by the transforms (RandomResizedCrop/Resize).
+    With ``num_workers > 0`` each worker counts its own skipped files."""
 
     def __init__(self, root, transform=None, in_chans: int = 3, on_error: str = "skip"):
-        from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import IMG_EXTENSIONS, ImageFolder
 
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
         if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        try:
-            self.folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=False)
-        except FileNotFoundError as e:
+            raise ValueError(f"data.on_error must be 'skip' or 'raise', got {on_error!r}")
+        has_dirs = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+        if has_dirs:
+            try:
+                folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=True)
+                samples, classes = folder.samples, folder.classes
+            except FileNotFoundError:
+                samples, classes = [], []
+        else:  # a flat folder of images: one class
+            samples = [(str(f), 0) for f in sorted(root.iterdir())
+                       if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS]
+            classes = [root.name]
+        if not samples:
             raise FileNotFoundError(
-                f"no images found under {root}: an ImageFolder needs one sub-folder per class holding "
-                f"image files (root/class_x/xxx.png); {e}") from None
+                f"no image files under {root}: put images ({', '.join(IMG_EXTENSIONS[:5])}, ...) in it, or one "
+                "sub-folder per class (root/class_x/xxx.png), and point data.root at it")
+        self.samples, self.classes = samples, classes
         self.transform, self.in_chans, self.on_error = transform, in_chans, on_error
-        self.classes = self.folder.classes
         self.bad: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self.folder.samples)
+        return len(self.samples)
 
     def load(self, path: str):
         from PIL import Image
 
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
-                hi = 65535.0 if arr.max() > 255 else 255.0
-                im = Image.fromarray((arr / hi * 255).clip(0, 255).astype(np.uint8), "L")
-            if im.mode in ("RGBA", "LA", "P"):
+                if im.mode.startswith("I;16"):
+                    hi = 65535.0  # 16-bit: full range, however dark the picture
+                elif im.mode == "F" and arr.max() <= 1.0:
+                    hi = 1.0
+                else:  # 32-bit ints: 16-bit data if it exceeds 8 bits
+                    hi = 65535.0 if arr.max() > 255 else 255.0
+                im = Image.fromarray((arr / hi * 255).round().clip(0, 255).astype(np.uint8), "L")
+            if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             return im.convert("L" if self.in_chans == 1 else "RGB")
 
     def __getitem__(self, i):
-        path, label = self.folder.samples[i]
-        try:
-            img = self.load(path)
-        except Exception as e:
-            if self.on_error == "raise":
-                raise ValueError(f"cannot read image {path}: {e}") from None
-            if path not in self.bad:
-                self.bad.add(path)
-                warnings.warn(f"skipping unreadable image {path} ({type(e).__name__}); "
-                              f"{len(self.bad)} skipped so far", stacklevel=2)
-            return self[(i + 1) % len(self)]
+        n = len(self.samples)
+        for k in range(n):  # an unreadable file is replaced by the next readable one
+            path, label = self.samples[(i + k) % n]
+            try:
+                img = self.load(path)
+                break
+            except Exception as e:
+                if self.on_error == "raise":
+                    raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} "
+                                     "(remove or fix the file, or set data.on_error=skip)") from None
+                if path not in self.bad:
+                    self.bad.add(path)
+                    warnings.warn(f"skipping unreadable image {path} ({type(e).__name__}: {e}); "
+                                  f"{len(self.bad)} of {n} images skipped so far", stacklevel=2)
+        else:
+            raise ValueError(f"none of the {n} images under the data folder can be read "
+                             f"(e.g. {sorted(self.bad)[:3]}); check the files")
         if self.transform is not None:
             img = self.transform(img)
         return img, label

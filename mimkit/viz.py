@@ -1,4 +1,4 @@
-"""Pictures: reconstruction grids and loss curves (PNG, matplotlib Agg)."""
+"""Pictures: reconstruction grids, attention maps and curves (PNG, matplotlib Agg)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +13,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, max(30, width)) for line in str(text).splitlines())
 
 
 def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -35,7 +41,9 @@ def reconstruction_panels(model, images: torch.Tensor, noise=None, mask=None):
     was_training = model.training
     model.eval()
     out = model(images, noise=noise, mask=mask)
-    pred = model.reconstruct(images, noise=noise, mask=out.mask if noise is None and mask is None else mask)
+    # reconstruct with the mask the forward actually used (MAE may hide a few extra patches when rows
+    # of a block mask hide different counts; re-drawing would pick other ones)
+    pred = model.reconstruct(images, mask=out.mask)
     grid = model.grid(images)
     m = pixel_mask(out.mask, grid, model.patch_size)
     masked = images * (1 - m)
@@ -68,7 +76,7 @@ def save_reconstruction_grid(model, images, path, mean, std, noise=None, mask=No
             if r == 0:
                 ax.set_title(names[c], fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_wrap(title, 11 * 4), fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -76,12 +84,18 @@ def save_reconstruction_grid(model, images, path, mean, std, noise=None, mask=No
     return Path(path)
 
 
-def save_curve(xs, ys_by_name: dict, path, xlabel="step", ylabel="loss", title=None, logy=False):
+def save_curve(xs, ys_by_name: dict, path, xlabel="step", ylabel="loss", title=None, logy=False, marker=None,
+               hlines: dict | None = None):
+    """Line plot of several series: ``ys_by_name`` maps a name to ``(x, y)`` or to ``y`` (then ``xs``
+    is shared). ``hlines`` maps a label to a constant drawn as a dashed reference line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (x, y) in ys_by_name.items() if isinstance(next(iter(ys_by_name.values()), None), tuple) else \
             ((k, (xs, v)) for k, v in ys_by_name.items()):
-        ax.plot(x, y, label=name)
+        ax.plot(x, y, label=name, marker=marker)
+    for name, v in (hlines or {}).items():
+        ax.axhline(v, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(name, (ax.get_xlim()[0], v), fontsize=7, color="grey", va="bottom")
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
@@ -89,6 +103,80 @@ def save_curve(xs, ys_by_name: dict, path, xlabel="step", ylabel="loss", title=N
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _show(ax, img: torch.Tensor) -> None:
+    """(C, H, W) in [0, 1] -> axis image (grey for one channel)."""
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy())
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+@torch.no_grad()
+def attention_maps(model, images: torch.Tensor, block: int = -1) -> torch.Tensor:
+    """Attention of the cls token to every patch in one block (default: the last), (N, heads, h, w).
+
+    Uses ``model.encoder(images, output_attentions=True)`` on the full, unmasked image. Raises a
+    clear error for encoders without a cls token or without global attention (Swin)."""
+    enc = getattr(model, "encoder", model)
+    if getattr(enc, "cls_token", None) is None:
+        raise ValueError(f"{type(enc).__name__} has no cls token (Swin attends within local windows), so there is "
+                         "no cls-to-patch attention map; attention maps need a ViT or BEiT encoder")
+    was_training = enc.training
+    enc.eval()
+    try:
+        out = enc(images, output_attentions=True)
+    finally:
+        enc.train(was_training)
+    if not out.attentions:
+        raise ValueError(f"{type(enc).__name__} returned no attention weights")
+    att = out.attentions[block]  # (N, heads, 1+L, 1+L)
+    gh, gw = images.shape[-2] // enc.patch_size, images.shape[-1] // enc.patch_size
+    if att.shape[-1] != 1 + gh * gw:
+        raise ValueError(f"attention over {att.shape[-1]} tokens does not match 1 + {gh}x{gw} patches")
+    return att[:, :, 0, 1:].reshape(att.shape[0], att.shape[1], gh, gw).float()
+
+
+def save_attention_grid(model, images, path, mean, std, block: int = -1, title: str | None = None,
+                        alpha: float = 0.55, cmap: str = "inferno"):
+    """Write a PNG with one row per image: the image, then the cls-to-patch attention of ``block``
+    averaged over heads, then each head, overlaid on the image (each map scaled to its own max).
+    Returns the path; the figure has ``N x (2 + heads)`` panels."""
+    import torch.nn.functional as F
+
+    plt = _plt()
+    maps = attention_maps(model, images, block).cpu()  # N, heads, h, w
+    n, heads = maps.shape[:2]
+    full = torch.cat([maps.mean(1, keepdim=True), maps], 1)  # N, 1+heads, h, w
+    up = F.interpolate(full, size=images.shape[-2:], mode="nearest")
+    up = up / up.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+    imgs = denormalize(images.float().cpu(), mean, std)
+    gray = imgs.mean(1, keepdim=True) if imgs.shape[1] > 1 else imgs
+    names = ["image", "mean of heads"] + [f"head {h + 1}" for h in range(heads)]
+    cols = len(names)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.6, n * 1.6), squeeze=False)
+    for r in range(n):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c == 0:
+                _show(ax, imgs[r])
+            else:
+                ax.imshow(gray[r, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(up[r, c - 1].numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+                ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(names[c], fontsize=8)
+    depth = len(getattr(getattr(model, "encoder", model), "blocks", [])) or None
+    blk = (depth + block if block < 0 else block) + 1 if depth else block
+    fig.suptitle(_wrap(title or f"cls-token attention to patches, block {blk}" + (f" of {depth}" if depth else ""),
+                       11 * cols), fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

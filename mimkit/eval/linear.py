@@ -10,10 +10,10 @@ Optimisers (``optimizer=``):
 
 * ``"lars"`` — MAE's choice: LARS (timm's :class:`~timm.optim.Lars`, trust coefficient 0.001, the
   layer-wise adaptation on the weight matrix only, as in MAE's ``util/lars.py``), momentum 0.9, no
-  weight decay, ``lr = blr * batch_size / 256``; MAE uses blr 0.1 at batch 16384 for 90 epochs.
-  On cached features with a small batch the adaptive step is small, so it needs many epochs.
-* ``"sgd"`` (default) — SGD with momentum 0.9 and a cosine schedule; with the BatchNorm in front
-  the problem is well conditioned and this converges in a few tens of epochs on cached features.
+  weight decay. MAE uses blr 0.1 at batch 16384, i.e. lr 6.4; LARS steps are relative to the weight
+  norm, so the default here keeps that absolute lr at the default batch of 1024 (blr 1.6).
+* ``"sgd"`` (default) — SGD with momentum 0.9, blr 0.1; with the BatchNorm in front the problem is
+  well conditioned and this converges in a few tens of epochs on cached features.
 * ``"adamw"`` — AdamW, for completeness.
 
 All of them use a linear warm-up and a per-step half-cosine schedule. The reported accuracy is the
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
-DEFAULT_BLR = {"sgd": 0.1, "lars": 0.1, "adamw": 1e-3}
+DEFAULT_BLR = {"sgd": 0.1, "lars": 1.6, "adamw": 1e-3}
 
 
 class LinearProbeHead(nn.Sequential):
@@ -57,6 +57,15 @@ def _optimizer(head: LinearProbeHead, name: str, lr: float, weight_decay: float)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up then per-step half-cosine (as the pretraining engine's schedule; kept here so
+    the probe does not import the training framework)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 @torch.no_grad()
 def predict(head: nn.Module, feats: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     head.eval()
@@ -64,11 +73,11 @@ def predict(head: nn.Module, feats: torch.Tensor, chunk: int = 8192) -> torch.Te
 
 
 def fit_linear_probe(train_feats, train_labels, test_feats=None, test_labels=None, *, num_classes=None,
-                     epochs: int = 50, batch_size: int = 256, optimizer: str = "sgd", blr: float | None = None,
+                     epochs: int = 50, batch_size: int = 1024, optimizer: str = "sgd", blr: float | None = None,
                      lr: float | None = None, weight_decay: float = 0.0, warmup_epochs: float = 2.0, seed: int = 0,
                      progress: bool = True, device=None) -> tuple[LinearProbeHead, dict]:
     """Fit :class:`LinearProbeHead` on cached features. ``lr`` is absolute; when None it is
-    ``blr * batch_size / 256`` (``blr`` defaults per optimiser: sgd 0.1, lars 0.1, adamw 1e-3).
+    ``blr * batch_size / 256`` (``blr`` defaults per optimiser: sgd 0.1, lars 1.6, adamw 1e-3).
     Returns the head (in eval mode) and a dict with ``acc`` (test accuracy after the last epoch,
     when test features are given), ``train_acc``, ``final_loss`` and the settings used."""
     from tqdm.auto import tqdm
@@ -96,8 +105,6 @@ def fit_linear_probe(train_feats, train_labels, test_feats=None, test_labels=Non
     opt = _optimizer(head, optimizer, lr, weight_decay)
     steps_per_epoch = n // batch_size  # drop the last partial batch (BatchNorm on a tiny batch is noisy)
     total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
-    from ..train.module import warmup_cosine
-
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, 0.0))
     x_all, y_all = train_feats.to(device), train_labels.to(device)
     loss_fn = nn.CrossEntropyLoss()
@@ -119,7 +126,7 @@ def fit_linear_probe(train_feats, train_labels, test_feats=None, test_labels=Non
             raise FloatingPointError(f"linear probe loss became {loss.item()}; lower the learning rate (lr={lr:g})")
     head.eval()
     info = {"optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-            "weight_decay": weight_decay, "final_loss": float(loss), "fit_seconds": round(time.time() - t0, 2),
+            "weight_decay": weight_decay, "final_loss": float(loss.detach()), "fit_seconds": round(time.time() - t0, 2),
             "train_acc": float((predict(head, x_all).cpu() == train_labels).float().mean())}
     if test_feats is not None:
         pred = predict(head, torch.as_tensor(test_feats).float().to(device)).cpu()

@@ -6,6 +6,11 @@ from ..registry import register_builder, register_recipe
 from ..tokenizer.dalle import DALLEEncoder
 from ..tokenizer.dvae import DiscreteVAE
 
+# the data pipeline's normalisation (mimkit.data's Fashion-MNIST / ImageNet statistics), so that
+# PSNR is reported in pixel space and `mimkit tokenizer encode/stats` normalise files the same way
+_FMNIST = dict(pixel_mean=[0.2860], pixel_std=[0.3530])
+_IMAGENET = dict(pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225])
+
 register_builder("dvae", DiscreteVAE)
 register_builder("dalle_encoder", DALLEEncoder)
 
@@ -13,17 +18,17 @@ register_recipe(
     "dvae_tiny_28", DiscreteVAE,
     "BEiT tokenizer for 28x28 grayscale (Fashion-MNIST) on CPU: 512 codes on a 7x7 grid (patch 4)",
     img_size=28, in_chans=1, vocab_size=512, downsample=4, hidden_dim=64, num_res_blocks=1, code_dim=64,
-    kl_weight=1e-3, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8,
+    kl_weight=1e-3, usage_weight=0.5, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8, **_FMNIST,
 )
 register_recipe(
     "dvae_base_224", DiscreteVAE,
     "BEiT tokenizer at 224 px: 8192 codes on a 14x14 grid (matches ViT-B/16)",
     img_size=224, in_chans=3, vocab_size=8192, downsample=16, hidden_dim=128, num_res_blocks=2, code_dim=256,
-    kl_weight=1e-3, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8,
+    kl_weight=1e-3, usage_weight=0.5, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8, **_IMAGENET,
 )
 register_recipe(
     "dvae_base_112", DiscreteVAE,
     "BEiT tokenizer on the reference's 112 px second view: 8192 codes on a 14x14 grid (as DALL-E's)",
     img_size=112, in_chans=3, vocab_size=8192, downsample=8, hidden_dim=128, num_res_blocks=2, code_dim=256,
-    kl_weight=1e-3, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8,
+    kl_weight=1e-3, usage_weight=0.5, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8, **_IMAGENET,
 )

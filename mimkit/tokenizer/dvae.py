@@ -7,7 +7,9 @@ relaxes the discrete choice with Gumbel-softmax at temperature ``tau`` (annealed
 the step, through the ``on_train_step(step, total_steps)`` hook the Lightning engine calls); the
 soft one-hot mixes rows of a codebook (``vocab_size`` x ``code_dim``) that the convolutional decoder
 turns back into an image. Loss = reconstruction (MSE or L1) + ``kl_weight`` * KL(q || uniform prior),
-q = softmax of the encoder logits at each position. In eval mode the codes are hard (argmax), which
+q = softmax of the encoder logits at each position, + ``usage_weight`` * KL(batch-mean q || uniform):
+the second term spreads usage over the codebook without flattening each position's distribution (on
+Fashion-MNIST, without it the codes collapse to a handful within a few dozen steps). In eval mode the codes are hard (argmax), which
 is exactly what BEiT sees: ``encode_ids(images) -> (N, h*w)``.
 
 ``forward(images)`` returns a :class:`~mimkit.base.MIMOutput` so the generic pretraining engine
@@ -65,7 +67,7 @@ class DiscreteVAE(MIMModel):
                  hidden_dim: int = 64, num_res_blocks: int = 1, code_dim: int = 64,
                  kl_weight: float = 1e-3, temperature: float = 1.0, temperature_min: float = 1 / 16,
                  anneal_fraction: float = 0.8, straight_through: bool = False, recon_loss: str = "mse",
-                 pixel_mean=None, pixel_std=None):
+                 usage_weight: float = 0.0, pixel_mean=None, pixel_std=None):
         super().__init__(img_size, downsample, in_chans)
         if downsample < 2 or downsample & (downsample - 1):
             raise ValueError(f"downsample must be a power of two >= 2 (e.g. 4 or 8), got {downsample}")
@@ -82,10 +84,12 @@ class DiscreteVAE(MIMModel):
             raise ValueError("give both pixel_mean and pixel_std (the data normalisation) or neither")
         self.vocab_size, self.downsample, self.code_dim = vocab_size, downsample, code_dim
         self.grid_size = (self.img_size[0] // downsample, self.img_size[1] // downsample)
-        self.kl_weight, self.recon_loss = float(kl_weight), recon_loss
+        self.kl_weight, self.recon_loss, self.usage_weight = float(kl_weight), recon_loss, float(usage_weight)
         self.temperature_start, self.temperature_min = float(temperature), float(temperature_min)
         self.anneal_fraction, self.straight_through = float(anneal_fraction), straight_through
+        # saved with the weights; forward reads the python float (no device sync, compile friendly)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self._tau = float(temperature)
         for name, v in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
             t = None if v is None else torch.as_tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1)
             if t is not None and t.shape[1] not in (1, in_chans):
@@ -119,7 +123,12 @@ class DiscreteVAE(MIMModel):
         return self.temperature_start * (self.temperature_min / self.temperature_start) ** frac
 
     def on_train_step(self, step: int, total_steps: int) -> None:
-        self.temperature.fill_(self.temperature_at(step, total_steps))
+        self._tau = self.temperature_at(step, total_steps)
+        self.temperature.fill_(self._tau)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._tau = float(self.temperature)
 
     # ---- pieces --------------------------------------------------------------------------------
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,7 +172,7 @@ class DiscreteVAE(MIMModel):
         """``noise``/``mask`` are accepted for a uniform method signature and ignored."""
         logits = self.logits(images)
         if self.training:
-            codes = F.gumbel_softmax(logits.float(), tau=float(self.temperature), hard=self.straight_through, dim=1)
+            codes = F.gumbel_softmax(logits.float(), tau=self._tau, hard=self.straight_through, dim=1)
         else:
             codes = F.one_hot(logits.argmax(1), self.vocab_size).permute(0, 3, 1, 2).float()
         rec = self.decode_codes(codes)
@@ -172,18 +181,26 @@ class DiscreteVAE(MIMModel):
         else:
             rec_loss = F.l1_loss(rec.float(), images.float())
         log_q = F.log_softmax(logits.float(), dim=1)
-        kl = (log_q.exp() * (log_q + math.log(self.vocab_size))).sum(1).mean()
+        q = log_q.exp()
+        kl = (q * (log_q + math.log(self.vocab_size))).sum(1).mean()
         loss = rec_loss + self.kl_weight * kl
+        # optional: KL of the batch's average code distribution to uniform (spreads usage across the
+        # codebook without flattening each position's distribution)
+        q_avg = q.mean((0, 2, 3))
+        usage_kl = (q_avg * (torch.log(q_avg.clamp_min(1e-12)) + math.log(self.vocab_size))).sum()
+        if self.usage_weight:
+            loss = loss + self.usage_weight * usage_kl
         with torch.no_grad():
             ids = logits.argmax(1).flatten()
             counts = torch.bincount(ids, minlength=self.vocab_size)
             extra = {
                 "recon_loss": rec_loss.detach(),
                 "kl": kl.detach(),
+                "usage_kl": usage_kl.detach(),
                 "psnr": psnr(self.to_pixels(rec.detach().float()), self.to_pixels(images.float())),
                 "perplexity": perplexity_from_counts(counts),
                 "code_usage": (counts > 0).float().mean(),
-                "temperature": self.temperature.detach().clone(),
+                "temperature": torch.tensor(self._tau, device=images.device),
             }
         pred = self.patchify(rec)
         mask = torch.zeros(pred.shape[:2], device=images.device)

@@ -18,9 +18,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        from ..checkpoint import read_torch_checkpoint
+        """Read with clear errors: a truncated or foreign file, or a weights-only checkpoint, raises a
+        ValueError naming the file instead of a trace from deep inside torch or Lightning."""
+        from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
 
-        return read_torch_checkpoint(path)
+        check_checkpoint_file(path)
+        return check_training_checkpoint(read_torch_checkpoint(path), path, resume=True)
 
 
 class ReconstructionGrid(L.Callback):
@@ -53,18 +56,49 @@ class ReconstructionGrid(L.Callback):
 
 
 def read_metrics(csv_path) -> dict[str, tuple[list[float], list[float]]]:
-    """Lightning CSVLogger metrics -> {name: (steps, values)}."""
+    """Lightning CSVLogger metrics -> {name: (steps, values)}. Parts kept from before a resume
+    (``metrics.partNNN.csv`` beside it, see :func:`archive_metrics`) come first."""
+    csv_path = Path(csv_path)
     series: dict[str, tuple[list[float], list[float]]] = {}
-    with open(csv_path) as f:
-        for row in csv.DictReader(f):
-            step = row.get("step")
-            for k, v in row.items():
-                if k in ("step", "epoch") or v in ("", None):
-                    continue
-                xs, ys = series.setdefault(k, ([], []))
-                xs.append(float(step))
-                ys.append(float(v))
+    for path in [*sorted(csv_path.parent.glob("metrics.part*.csv")), csv_path]:
+        if not path.exists():
+            continue
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                step = row.get("step")
+                for k, v in row.items():
+                    if k in ("step", "epoch") or v in ("", None) or step in ("", None):
+                        continue
+                    xs, ys = series.setdefault(k, ([], []))
+                    xs.append(float(step))
+                    ys.append(float(v))
     return series
+
+
+def archive_metrics(log_dir, resume_step: int) -> Path | None:
+    """Before resuming: Lightning's CSVLogger deletes an existing ``metrics.csv``; keep its rows
+    logged before ``resume_step`` (the later ones are trained again) as ``metrics.partNNN.csv``."""
+    from ..checkpoint import atomic_write
+
+    log_dir = Path(log_dir)
+    cur = log_dir / "metrics.csv"
+    if not cur.exists():
+        return None
+    with open(cur, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("step") not in (None, "") and float(r["step"]) < resume_step]
+    out = log_dir / f"metrics.part{len(list(log_dir.glob('metrics.part*.csv'))) + 1:03d}.csv"
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out, write)
+    cur.unlink()
+    return out
 
 
 class FinalArtifacts(L.Callback):
@@ -73,9 +107,13 @@ class FinalArtifacts(L.Callback):
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
 
-    @L.pytorch.utilities.rank_zero_only
     def on_train_end(self, trainer, pl_module):
-        save_model(pl_module.model, self.run_dir / "model")
+        # every process takes part: under FSDP, gathering the full state dict is a collective
+        sd = trainer.strategy.lightning_module_state_dict()
+        if not trainer.is_global_zero:
+            return
+        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        save_model(pl_module.model, self.run_dir / "model", state_dict=sd)
         self.write_curve(trainer)
 
     def write_curve(self, trainer):

@@ -39,7 +39,10 @@ DEFAULTS: dict = {
         "accelerator": "auto",
         "devices": "auto",
         "num_nodes": 1,
-        "strategy": "auto",  # ddp, fsdp, ...
+        "strategy": "auto",  # ddp, fsdp (wraps every transformer block), or any Lightning strategy name
+        "fsdp_sharding": "FULL_SHARD",  # FSDP: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+        "activation_checkpointing": False,  # FSDP: recompute each block's activations in backward
+        "max_time": None,  # stop (with a checkpoint) after this wall time: "DD:HH:MM:SS" or {hours: 11}
         "precision": None,  # default: bf16-mixed on GPU, 32-true on CPU
         "accumulate_grad_batches": 1,
         "gradient_clip_val": None,
@@ -122,3 +125,63 @@ def model_kwargs(cfg: dict) -> tuple[str, dict]:
     if not name:
         raise ValueError("config needs model.name (a recipe; `mimkit models` lists them)")
     return name, m
+
+
+def _num(cfg: dict, dotted: str, kind=float, low=None, high=None, allow_none=False, strict_low=False):
+    section, key = dotted.split(".")
+    v = cfg[section].get(key)
+    if v is None and allow_none:
+        return
+    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and float(v) != int(v))
+    if not bad:
+        bad = (low is not None and (v <= low if strict_low else v < low)) or (high is not None and v > high)
+    if bad:
+        rng = []
+        if low is not None:
+            rng.append(f"{'>' if strict_low else '>='} {low}")
+        if high is not None:
+            rng.append(f"<= {high}")
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{dotted} must be {what}{' ' + ' and '.join(rng) if rng else ''}"
+                         f"{' (or null)' if allow_none else ''}, got {v!r}")
+
+
+def validate(cfg: dict) -> dict:
+    """Check the values of a pretraining config (types and ranges) with messages naming the key;
+    the model's own options are checked when the model is built."""
+    d, t, o = cfg["data"], cfg["trainer"], cfg["optim"]
+    for k in ("data.batch_size", "data.img_size", "data.in_chans", "trainer.accumulate_grad_batches",
+              "trainer.num_nodes", "trainer.log_every_n_steps", "run.checkpoint_every_n_epochs"):
+        _num(cfg, k, int, 1, allow_none=k.startswith("run."))
+    for k in ("data.num_workers", "run.seed", "run.recon_images", "run.recon_every_n_epochs"):
+        _num(cfg, k, int, 0, allow_none=k.startswith("run.recon"))
+    _num(cfg, "data.limit", int, 1, allow_none=True)
+    _num(cfg, "run.keep_periodic", int, -1)
+    _num(cfg, "run.checkpoint_every_n_steps", int, 1, allow_none=True)
+    _num(cfg, "trainer.max_epochs", int, -1)
+    _num(cfg, "trainer.max_steps", int, -1)
+    if t["max_epochs"] == -1 and t["max_steps"] == -1:
+        raise ValueError("trainer.max_epochs and trainer.max_steps are both -1 (endless); set one of them")
+    _num(cfg, "optim.lr", float, 0, allow_none=True, strict_low=True)
+    _num(cfg, "optim.blr", float, 0, strict_low=True)
+    _num(cfg, "optim.lr_batch_base", float, 0, strict_low=True)
+    for k in ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs"):
+        _num(cfg, k, float, 0)
+    _num(cfg, "trainer.gradient_clip_val", float, 0, allow_none=True, strict_low=True)
+    betas = o.get("betas")
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {betas!r}")
+    cs = d.get("crop_scale")
+    if not (isinstance(cs, (list, tuple)) and len(cs) == 2
+            and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in cs) and 0 < cs[0] <= cs[1] <= 1):
+        raise ValueError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, e.g. [0.2, 1.0]; got {cs!r}")
+    if d.get("on_error") not in ("skip", "raise"):
+        raise ValueError(f"data.on_error must be 'skip' (counted warning) or 'raise', got {d.get('on_error')!r}")
+    if d.get("name") not in ("fashion_mnist", "image_folder"):
+        close = difflib.get_close_matches(str(d.get("name")), ["fashion_mnist", "image_folder"], n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"data.name must be 'fashion_mnist' or 'image_folder', got {d.get('name')!r}{hint}")
+    if d["name"] == "image_folder" and not d.get("root"):
+        raise ValueError("data.name=image_folder needs data.root=<folder of images>")
+    return cfg

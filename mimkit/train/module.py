@@ -5,9 +5,14 @@ import math
 
 import lightning as L
 import torch
-from timm.optim import param_groups_weight_decay
 
-from ..checkpoint import build_from_config
+from ..checkpoint import _jsonable, build_from_config
+from .loader import mix_seed
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite; raised before the optimiser step, so the weights
+    and the checkpoints on disk are the last good ones. (A ValueError too, so the CLI prints one line.)"""
 
 
 def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
@@ -21,10 +26,36 @@ def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
+def no_decay_set(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters without weight decay: biases, norms and other 1-D tensors, plus every
+    ``no_weight_decay()`` name (tokens, position embeddings) — timm's rule. Compute it on the plain
+    model: after FSDP wraps it, parameters are flattened shards and their shapes no longer tell."""
+    skip = no_weight_decay_names(model)
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or n in skip}
+
+
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_param_name(name: str) -> str:
+    """A parameter name without the segments that FSDP, activation checkpointing or compile insert."""
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: set[str] | None = None):
+    """AdamW groups: ``[{no decay}, {weight_decay}]``; a model's own ``param_groups(wd)`` wins.
+    ``no_decay`` (names from :func:`no_decay_set` on the unwrapped model) makes it FSDP-safe."""
     if hasattr(model, "param_groups"):
         return model.param_groups(weight_decay)
-    return param_groups_weight_decay(model, weight_decay, no_weight_decay_names(model))
+    if no_decay is None:
+        no_decay = no_decay_set(model)
+    decay, skip = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (skip if clean_param_name(name) in no_decay else decay).append(p)
+    return [{"params": skip, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -36,15 +67,24 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class MIMModule(L.LightningModule):
-    def __init__(self, model_config: dict | None, optim: dict, batch_size: int, model: torch.nn.Module | None = None):
+    def __init__(self, model_config: dict | None, optim: dict, batch_size: int, model: torch.nn.Module | None = None,
+                 seed: int = 0):
         """``model_config`` builds the model ({"recipe": name, **overrides}); or pass a ready ``model``
-        (e.g. a converted checkpoint, or a peer wrapped for a benchmark)."""
+        (e.g. a converted checkpoint, or a peer wrapped for a benchmark). ``seed`` drives the
+        per-step random state (masks, drop path): see ``training_step``."""
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model if model is not None else build_from_config(model_config)
         self.optim_cfg = optim
         self.batch_size = batch_size
+        self.seed = int(seed)
         self._has_step_hook = callable(getattr(self.model, "on_train_step", None))
+        self._no_decay = no_decay_set(self.model)  # before any FSDP wrapping
+        self._step_losses: list[torch.Tensor] = []  # detached losses since the last optimiser step
+        # Total optimiser steps of the schedule, when the caller knows it (run_pretrain does). Otherwise
+        # Lightning's estimated_stepping_batches is used, which loads the dataloader *before* a resumed
+        # checkpoint is restored and so loses the saved dataloader position (exact resume needs this).
+        self.total_steps_hint: int | None = None
 
     def forward(self, images, **kw):
         return self.model(images, **kw)
@@ -63,9 +103,9 @@ class MIMModule(L.LightningModule):
         fused = o.get("fused")
         if fused is None:
             fused = torch.cuda.is_available() and self.device.type == "cuda"
-        opt = torch.optim.AdamW(param_groups(self.model, float(o["weight_decay"])), lr=lr,
+        opt = torch.optim.AdamW(param_groups(self.model, float(o["weight_decay"]), self._no_decay), lr=lr,
                                 betas=tuple(o["betas"]), fused=bool(fused))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, int(self.total_steps_hint or self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = int(round(float(o.get("warmup_epochs", 0)) * total / epochs))
         min_ratio = float(o.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
@@ -81,20 +121,52 @@ class MIMModule(L.LightningModule):
         images = inputs["images"]
         if self._has_step_hook:
             self.model.on_train_step(self.global_step, getattr(self, "total_steps", 1))
+        # The random state of a step (mask noise, drop path) is a pure function of (seed, rank, epoch,
+        # batch): nothing to save in checkpoints, a resumed run draws exactly what the uninterrupted
+        # one drew, and ranks draw different masks. (Augmentations are seeded per sample by the loader.)
+        torch.manual_seed(mix_seed(self.seed, self.global_rank, self.current_epoch, batch_idx))
         out = getattr(self, "_compiled", self.model)(**inputs)
         loss = out.loss
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {self.global_step}: training stopped and the last good "
-                "checkpoint was kept. Lower optim.blr/optim.lr, set trainer.gradient_clip_val, or use "
-                "trainer.precision=32-true; then resume from checkpoints/last.ckpt.")
+        self._step_losses.append(loss.detach())  # checked once per optimiser step, before it
         bs = images.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=self.trainer.world_size > 1)
         for k, v in out.extra.items():
             if torch.is_tensor(v) and v.ndim == 0:
                 self.log(f"train/{k}", v, prog_bar=k in ("mask_acc",), batch_size=bs)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stop before the update when any loss since the last step is NaN/inf (on any rank): the
+        weights and every checkpoint on disk stay the last good ones."""
+        losses, self._step_losses = self._step_losses, []
+        if not losses:
+            return
+        vals = torch.stack(losses)
+        ok = bool(torch.isfinite(vals).all())  # one host sync per optimiser step
+        if self.trainer.world_size > 1:
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if not ok:
+            bad = [float(v) for v in vals if not math.isfinite(float(v))]
+            what = f"loss became {bad[0]}" if bad else "the loss became non-finite on another process"
+            raise NonFiniteLossError(
+                f"{what} at step {self.global_step} (epoch {self.current_epoch}): training stopped before the "
+                "update, the last good checkpoint is kept. Lower optim.blr/optim.lr, set "
+                "trainer.gradient_clip_val, or use trainer.precision=32-true; then resume with "
+                "--resume <run>/checkpoints/last.ckpt.")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another model with a clear message (before Lightning loads weights)."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("model_config")
+        mine = self.hparams.get("model_config")
+        if saved is None or mine is None:
+            return
+        saved, mine = _jsonable(dict(saved)), _jsonable(dict(mine))
+        if saved != mine:
+            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {mine.get(k)!r}" for k in diff[:5])
+            raise ValueError(f"the checkpoint holds another model than the config ({detail}); resume with the "
+                             "run's own config (drop model.* overrides) or start a new run")
 
     def compile_model(self) -> None:
         """Use ``torch.compile`` for the training forward (state-dict keys stay unchanged)."""

@@ -1,13 +1,20 @@
-"""``run_pretrain(cfg)``: build data, model and Lightning trainer from a config dict and train."""
+"""``run_pretrain(cfg)``: build data, model and Lightning trainer from a config dict and train.
+
+Multi-process training is Lightning's: ``trainer.strategy=ddp`` (or ``fsdp``) with
+``trainer.devices`` / ``trainer.num_nodes``, started by ``torchrun``, SLURM ``srun``, or by
+Lightning itself (it re-launches the command once per extra local device). The training data
+order (``mimkit.train.loader``) is rank-aware and resumable, so Lightning's own sampler
+replacement is switched off."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from .config import load_config, model_kwargs
+from .config import load_config, model_kwargs, validate
 
 
 def _default_precision() -> str:
@@ -25,16 +32,39 @@ def _check_compat(model, data_cfg: dict) -> None:
 
 
 def run_dir_for(cfg: dict, recipe: str) -> Path:
+    """``run.dir``, else ``run.root/<recipe>-<tag>``; the tag is the same on every process of a
+    multi-process job (SLURM job id, torchrun run id, or the directory rank 0 hands to the processes
+    Lightning launches), else a timestamp."""
     if cfg["run"].get("dir"):
         return Path(cfg["run"]["dir"])
-    return Path(cfg["run"]["root"]) / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if os.environ.get("MIMKIT_RUN_DIR"):
+        return Path(os.environ["MIMKIT_RUN_DIR"])
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if os.environ.get("SLURM_JOB_ID"):
+        tag = f"slurm{os.environ['SLURM_JOB_ID']}"
+    elif run_id and run_id != "none":
+        tag = run_id
+    else:
+        tag = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg["run"]["root"]) / f"{recipe}-{tag}"
+
+
+def resolve_resume(path) -> Path:
+    """``--resume`` accepts a checkpoint file or a run directory (-> its checkpoints/last.ckpt)."""
+    p = Path(path)
+    if p.is_dir():
+        for cand in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if cand.exists():
+                return cand
+        raise FileNotFoundError(f"{p} is a directory without checkpoints/last.ckpt; pass a .ckpt file")
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    return p
 
 
 def config_from_checkpoint(ckpt_path, overrides=None) -> dict:
     """The resolved config of the run that wrote ``ckpt_path`` (run_dir/config.yaml) + overrides."""
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    ckpt_path = resolve_resume(ckpt_path)
     run_dir = ckpt_path.resolve().parent.parent
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
@@ -45,7 +75,40 @@ def config_from_checkpoint(ckpt_path, overrides=None) -> dict:
     return cfg
 
 
-def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=()):
+def block_classes(model: torch.nn.Module) -> set[type]:
+    """The transformer-block classes in ``model`` (timm ViT/BEiT blocks, Swin blocks, plus any class
+    a model lists in ``fsdp_wrap_classes``): FSDP's wrapping and activation-checkpointing units."""
+    from timm.models.beit import Block as BeitBlock
+    from timm.models.swin_transformer import SwinTransformerBlock
+    from timm.models.vision_transformer import Block as ViTBlock
+
+    kinds = (ViTBlock, BeitBlock, SwinTransformerBlock, *getattr(model, "fsdp_wrap_classes", ()))
+    return {type(m) for m in model.modules() if isinstance(m, kinds)}
+
+
+def build_strategy(cfg: dict, model: torch.nn.Module):
+    """``trainer.strategy`` as Lightning takes it: ``fsdp`` becomes an ``FSDPStrategy`` that shards
+    every transformer block (its own FSDP unit), full state dicts in checkpoints (gathered on rank
+    0, written by mimkit's atomic writer), optional activation checkpointing per block."""
+    t = cfg["trainer"]
+    name = t["strategy"]
+    if isinstance(name, str) and name.lower() in ("fsdp", "fsdp_full_shard"):
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        blocks = block_classes(model)
+        if not blocks:
+            raise ValueError("trainer.strategy=fsdp found no transformer blocks to wrap in this model")
+        return FSDPStrategy(auto_wrap_policy=blocks, sharding_strategy=str(t.get("fsdp_sharding") or "FULL_SHARD"),
+                            activation_checkpointing_policy=blocks if t.get("activation_checkpointing") else None,
+                            state_dict_type="full")
+    return name
+
+
+def is_fsdp(strategy) -> bool:
+    return "fsdp" in (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
+
+
+def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -54,10 +117,12 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=()):
 
     t, r = cfg["trainer"], cfg["run"]
     ckpt_dir = run_dir / "checkpoints"
+    # Every file below goes through AtomicCheckpointIO (temp file + fsync + rename): periodic files,
+    # last.ckpt (a full copy, never a link: save_last=True, not "link") and the step checkpoints.
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-step{step:07d}", auto_insert_metric_name=False,
                         every_n_epochs=int(r["checkpoint_every_n_epochs"] or 1), save_top_k=int(r["keep_periodic"]),
-                        monitor="step", mode="max", save_last=True),
+                        monitor="step", mode="max", save_last=True, enable_version_counter=False),
         FinalArtifacts(run_dir),
         *extra_callbacks,
     ]
@@ -68,48 +133,88 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=()):
                TensorBoardLogger(str(run_dir), name="tensorboard", version="")]
     kwargs = dict(
         default_root_dir=str(run_dir), max_epochs=int(t["max_epochs"]), max_steps=int(t["max_steps"]),
-        accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]), strategy=t["strategy"],
+        accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]),
+        strategy=strategy if strategy is not None else t["strategy"],
         precision=t["precision"] or _default_precision(), accumulate_grad_batches=int(t["accumulate_grad_batches"]),
         gradient_clip_val=t["gradient_clip_val"], log_every_n_steps=int(t["log_every_n_steps"]),
         deterministic=bool(t["deterministic"]), callbacks=callbacks, logger=loggers,
         plugins=[AtomicCheckpointIO()], enable_progress_bar=bool(t["enable_progress_bar"]),
-        enable_model_summary=False,
+        enable_model_summary=False, use_distributed_sampler=False,  # mimkit's loader shards by rank itself
     )
     if t.get("limit_train_batches") is not None:
         kwargs["limit_train_batches"] = t["limit_train_batches"]
+    if t.get("max_time") is not None:
+        kwargs["max_time"] = t["max_time"]
     return L.Trainer(**kwargs)
 
 
-def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
-    """Train the model of ``cfg`` (see ``mimkit.train.config.DEFAULTS``); return the run directory."""
-    import lightning as L
-    from torch.utils.data import DataLoader
+def stepping_batches(trainer, num_samples: int, batch_size: int) -> int | None:
+    """Optimiser steps of the whole run, as Lightning's ``estimated_stepping_batches`` computes them,
+    from the dataset size (without loading the dataloader early)."""
+    import math
 
+    if trainer.max_epochs in (None, -1):
+        return trainer.max_steps if trainer.max_steps != -1 else None
+    per_epoch = num_samples // (batch_size * trainer.world_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        per_epoch = min(per_epoch, limit)
+    elif limit is not None:
+        per_epoch = int(per_epoch * float(limit))
+    total = math.ceil(per_epoch / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
+
+
+def _data_module(dataset, batch_size: int, num_workers: int, seed: int):
+    import lightning as L
+
+    from .loader import ResumableLoader, ResumableSampler
+
+    class PretrainData(L.LightningDataModule):
+        """Builds the loader once the trainer knows this process's rank and the world size."""
+
+        def train_dataloader(self):
+            t = self.trainer
+            sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle=True,
+                                       rank=t.global_rank, world_size=t.world_size)
+            return ResumableLoader(dataset, sampler, num_workers=num_workers,
+                                   pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+    return PretrainData()
+
+
+def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
+    """Train the model of ``cfg`` (see ``mimkit.train.config.DEFAULTS``); return the run directory.
+    ``resume``: a checkpoint (or run directory) to continue from, exactly where it stopped."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from ..checkpoint import check_checkpoint_file
     from ..data import build_dataset, default_stats
     from .callbacks import ReconstructionGrid
     from .module import MIMModule
 
-    L.seed_everything(int(cfg["run"]["seed"]), workers=True, verbose=False)
+    validate(cfg)
+    if resume is not None:
+        resume = str(resolve_resume(resume))
+        check_checkpoint_file(resume)  # fail in a second on a truncated/foreign file, not after data loading
+    seed = int(cfg["run"]["seed"])
+    L.seed_everything(seed, workers=True, verbose=False)
     recipe, kw = model_kwargs(cfg)
     model_config = {"recipe": recipe, **kw}
     d = cfg["data"]
-    module = MIMModule(model_config, cfg["optim"], int(d["batch_size"]))
+    module = MIMModule(model_config, cfg["optim"], int(d["batch_size"]), seed=seed)
     _check_compat(module.model, d)
+    strategy = build_strategy(cfg, module.model)
     run_dir = run_dir_for(cfg, recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    print(f"mimkit: run directory {run_dir}", flush=True)
 
     train_ds = build_dataset(d, "train", train_transform=True)
     if len(train_ds) < int(d["batch_size"]):
         raise ValueError(f"the dataset has {len(train_ds)} images, fewer than data.batch_size={d['batch_size']}; "
                          "lower the batch size or add images")
-    loader = DataLoader(train_ds, batch_size=int(d["batch_size"]), shuffle=True, drop_last=True,
-                        num_workers=int(d["num_workers"]), pin_memory=torch.cuda.is_available(),
-                        persistent_workers=int(d["num_workers"]) > 0)
     callbacks = []
     n_rec = int(cfg["run"].get("recon_images") or 0)
-    if n_rec and hasattr(module.model, "reconstruct"):
+    if n_rec and hasattr(module.model, "reconstruct") and not is_fsdp(strategy):
         eval_ds = build_dataset(d, "train", train_transform=False)
         imgs = torch.stack([eval_ds[i][0] for i in range(min(n_rec, len(eval_ds)))])
         mean, std = default_stats(d["name"], int(d["in_chans"]))
@@ -117,8 +222,31 @@ def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
                                             d.get("std") or std, int(cfg["run"]["recon_every_n_epochs"] or 1)))
     if cfg["trainer"].get("compile"):
         module.compile_model()
-    trainer = build_trainer(cfg, run_dir, callbacks)
-    trainer.fit(module, loader, ckpt_path=resume)
-    print(f"mimkit: finished; run directory {run_dir} (model/, checkpoints/, reconstructions/, loss_curve.png, "
-          f"logs/metrics.csv, tensorboard/)", flush=True)
+    try:
+        trainer = build_trainer(cfg, run_dir, callbacks, strategy)
+    except MisconfigurationException as e:
+        raise ValueError(f"trainer settings: {e}") from None
+    if len(train_ds) < int(d["batch_size"]) * trainer.world_size:
+        raise ValueError(f"the dataset has {len(train_ds)} images, fewer than one global batch (data.batch_size="
+                         f"{d['batch_size']} x {trainer.world_size} processes); lower the batch size or add images")
+    if trainer.world_size > 1 and not cfg["run"].get("dir"):
+        os.environ["MIMKIT_RUN_DIR"] = str(run_dir)  # processes Lightning starts itself inherit it
+    if trainer.is_global_zero:
+        if resume is not None:  # keep the loss history logged before the checkpoint
+            from .callbacks import archive_metrics
+
+            step = torch.load(resume, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0)
+            archive_metrics(run_dir / "logs", int(step))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        print(f"mimkit: run directory {run_dir}", flush=True)
+    data = _data_module(train_ds, int(d["batch_size"]), int(d["num_workers"]), seed)
+    module.total_steps_hint = stepping_batches(trainer, len(train_ds), int(d["batch_size"]))
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
+    except MisconfigurationException as e:
+        raise ValueError(f"trainer settings: {e}") from None
+    if trainer.is_global_zero:
+        print(f"mimkit: finished; run directory {run_dir} (model/, checkpoints/, reconstructions/, loss_curve.png, "
+              f"logs/metrics.csv, tensorboard/)", flush=True)
     return run_dir

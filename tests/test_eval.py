@@ -1,0 +1,292 @@
+"""Evaluation protocols: weighted k-NN, linear probe, layer-wise lr decay, fine-tuning, and the
+``mimkit eval`` / ``mimkit finetune`` commands on a tiny ImageFolder."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import mimkit
+from mimkit.eval.classifier import Classifier, layer_decay_param_groups, set_drop_path
+from mimkit.eval.features import extract_features, pool
+from mimkit.eval.knn import knn_accuracy, knn_predict
+from mimkit.eval.linear import LinearProbeHead, fit_linear_probe
+
+
+def tiny_mae(**kw):
+    return mimkit.create("mae_vit_tiny_patch4_28", embed_dim=32, depth=3, num_heads=2, decoder_embed_dim=16,
+                         decoder_depth=1, **kw)
+
+
+def clusters(n_per, centers, noise, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    for c, mu in enumerate(centers):
+        xs.append(mu + noise * torch.randn(n_per, len(mu), generator=g))
+        ys.append(torch.full((n_per,), c))
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ---- k-NN ---------------------------------------------------------------------------------------
+def test_knn_separable_clusters_near_perfect():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(5, 16, generator=g) * 3
+    xtr, ytr = clusters(60, centers, 0.5, seed=2)
+    xte, yte = clusters(30, centers, 0.5, seed=3)
+    assert knn_accuracy(xtr, ytr, xte, yte) >= 0.99
+    # chance level when the labels carry no information
+    shuffled = ytr[torch.randperm(len(ytr), generator=g)]
+    assert knn_accuracy(xtr, shuffled, xte, yte) < 0.5
+
+
+def test_knn_vote_weighting_by_hand():
+    # query along x; one very close neighbour of class 0 (cos 1.0) against two farther ones of class 1 (cos 0.6)
+    train = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 2])
+    q = torch.tensor([[2.0, 0.0]])  # features are L2-normalised: the scale must not matter
+    # weights exp(1/0.07) = e^14.3 vs 2*exp(0.6/0.07) = 2e^8.6: class 0 wins although outnumbered
+    assert math.exp(1 / 0.07) > 2 * math.exp(0.6 / 0.07)
+    assert knn_predict(train, labels, q, k=3, temperature=0.07).tolist() == [0]
+    # a hot temperature makes the votes (almost) equal: the majority, class 1, wins
+    assert math.exp(1 / 100) < 2 * math.exp(0.6 / 100)
+    assert knn_predict(train, labels, q, k=3, temperature=100.0).tolist() == [1]
+    # k=1 is the nearest neighbour; the 4th (opposite) point never enters with k=3
+    assert knn_predict(train, labels, -q, k=1).tolist() == [2]
+
+
+def test_knn_errors():
+    x, y = torch.randn(5, 3), torch.arange(5)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_predict(x, y, x, k=6)
+    with pytest.raises(ValueError, match="labels"):
+        knn_predict(x, y[:4], x)
+
+
+# ---- linear probe -------------------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["sgd", "lars", "adamw"])
+def test_linear_probe_learns_separable_problem(optimizer):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 3, generator=g)
+    x = torch.randn(1200, 24, generator=g) * 5 + 40  # far from standardised: the BatchNorm must handle it
+    y = (x @ w).argmax(1)  # linearly separable by construction
+    epochs = 30
+    head, info = fit_linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=epochs, batch_size=100,
+                                  optimizer=optimizer, progress=False)
+    assert info["acc"] >= 0.9, info
+    assert isinstance(head[0], torch.nn.BatchNorm1d) and not head[0].affine
+    assert sum(p.numel() for p in head.parameters()) == 24 * 3 + 3  # only the linear layer learns
+
+
+def test_linear_probe_head_is_mae_protocol():
+    h = LinearProbeHead(8, 4)
+    assert isinstance(h[0], torch.nn.BatchNorm1d) and h[0].weight is None and h[0].bias is None
+    assert h[1].in_features == 8 and h[1].out_features == 4
+
+
+# ---- features -----------------------------------------------------------------------------------
+def test_pool_and_swin_has_no_cls():
+    tok = torch.arange(2 * 4 * 3, dtype=torch.float).reshape(2, 4, 3)
+    assert torch.equal(pool(tok, "cls"), tok[:, 0])
+    assert torch.allclose(pool(tok, "mean"), tok[:, 1:].mean(1))
+    assert torch.allclose(pool(tok, "mean", cls_token=False), tok.mean(1))
+    swin = mimkit.create("simmim_swin_tiny_window4_32", embed_dim=16, depths=(1, 1), num_heads=(1, 2))
+    ds = TensorDataset(torch.randn(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="no cls token"):
+        extract_features(swin, ds, "cls", progress=False)
+    f, _ = extract_features(swin, ds, "mean", progress=False)
+    assert f.shape == (4, swin.encoder.num_features)
+
+
+# ---- layer-wise lr decay ------------------------------------------------------------------------
+def _scales(clf, decay):
+    groups = layer_decay_param_groups(clf, 0.05, decay)
+    by_id = {}
+    for gr in groups:
+        for p in gr["params"]:
+            by_id[id(p)] = (gr["lr_scale"], gr["weight_decay"])
+    return {n: by_id[id(p)] for n, p in clf.named_parameters() if p.requires_grad}
+
+
+def test_layer_decay_scales_vit():
+    m = tiny_mae()
+    clf = Classifier(m.encoder, 10)
+    depth, d = 3, 0.5
+    s = _scales(clf, d)
+    assert s["encoder.patch_embed.proj.weight"] == (d ** (depth + 1), 0.05)  # embeddings: layer 0
+    assert s["encoder.cls_token"] == (d ** (depth + 1), 0.0)  # a token: no weight decay
+    for i in range(depth):
+        assert s[f"encoder.blocks.{i}.attn.qkv.weight"] == (d ** (depth - i), 0.05)  # block i = layer i + 1
+        assert s[f"encoder.blocks.{i}.norm1.weight"][0] == d ** (depth - i)
+    assert s["encoder.norm.weight"][0] == 1.0
+    assert s["head.weight"] == (1.0, 0.05) and s["head.bias"] == (1.0, 0.0)
+    assert "encoder.pos_embed" not in s  # fixed sin-cos: not trained
+    # every trainable parameter is in exactly one group
+    n_grouped = sum(len(g["params"]) for g in layer_decay_param_groups(clf, 0.05, d))
+    assert n_grouped == sum(1 for p in clf.parameters() if p.requires_grad)
+
+
+def test_layer_decay_scales_beit_and_swin():
+    beit = mimkit.create("beit_vit_tiny_patch4_28", embed_dim=32, depth=2, num_heads=2, vocab_size=16)
+    s = _scales(Classifier(beit.encoder, 3), 0.5)
+    assert s["encoder.rel_pos_bias.relative_position_bias_table"][0] == 0.5 ** 3
+    assert s["encoder.blocks.1.attn.proj.weight"][0] == 0.5
+    swin = mimkit.create("simmim_swin_tiny_window4_32", embed_dim=16, depths=(1, 2), num_heads=(1, 2))
+    clf = Classifier(swin.encoder, 3, pool="mean")
+    assert clf.depth == 3
+    s = _scales(clf, 0.5)
+    assert s["encoder.patch_embed.proj.weight"][0] == 0.5 ** 4
+    assert s["encoder.layers.0.blocks.0.attn.qkv.weight"][0] == 0.5 ** 3
+    assert s["encoder.layers.1.downsample.reduction.weight"][0] == 0.5 ** 2  # merges with its stage's first block
+    assert s["encoder.layers.1.blocks.1.mlp.fc1.weight"][0] == 0.5
+    assert s["fc_norm.weight"][0] == s["head.weight"][0] == 1.0
+    with pytest.raises(ValueError, match="no cls token"):
+        Classifier(swin.encoder, 3, pool="cls")
+
+
+def test_drop_path_set_on_a_copy():
+    m = tiny_mae()
+    clf = Classifier(m.encoder, 4)
+    rates = set_drop_path(clf.encoder, 0.2)
+    assert rates == pytest.approx([0.0, 0.1, 0.2])
+    assert type(clf.encoder.blocks[2].drop_path1).__name__ == "DropPath"
+    assert clf.encoder.blocks[2].drop_path1.drop_prob == pytest.approx(0.2)
+    assert isinstance(clf.encoder.blocks[0].drop_path2, torch.nn.Identity)
+    assert isinstance(m.encoder.blocks[2].drop_path1, torch.nn.Identity)  # the source model is untouched
+
+
+# ---- fine-tuning --------------------------------------------------------------------------------
+def _stripes(n, seed):
+    """Two classes: bright top half or bright bottom half (plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 1, 28, 28, generator=g) * 0.3
+    x[y == 0, :, :14] += 1.0
+    x[y == 1, :, 14:] += 1.0
+    return TensorDataset(x, y)
+
+
+def test_finetune_reduces_loss_and_leaves_model_alone(tmp_path):
+    from mimkit.eval.finetune import finetune, load_classifier
+
+    m = tiny_mae().eval()  # as loaded from disk: fine-tuning must still train with drop path on
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    train, test = _stripes(192, 0), _stripes(96, 1)
+    clf0 = Classifier(m.encoder, 2)
+    with torch.no_grad():
+        x, y = test.tensors
+        loss0 = torch.nn.functional.cross_entropy(clf0.eval()(x), y).item()
+    import lightning as L
+
+    modes = []
+
+    class Probe(L.Callback):  # records whether every module (drop path, dropout, ...) is in training mode
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append(all(mod.training for mod in pl_module.classifier.modules()))
+
+    clf, res = finetune(m, train, test, 2, epochs=4, batch_size=32, blr=3e-2, drop_path=0.1, label_smoothing=0.0,
+                        warmup_epochs=0.5, progress=False, out_dir=tmp_path / "ft",
+                        trainer_kwargs={"callbacks": [Probe()]})
+    assert modes and all(modes)
+    assert loss0 == pytest.approx(math.log(2), abs=0.01)  # tiny head init: uniform predictions
+    assert res["test_loss"] < loss0 - 0.2, res
+    assert res["acc"] >= 0.9, res
+    assert res["train_loss_last_epoch"] < res["train_loss_first_epoch"]
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    # saved and reloaded classifier gives the same logits
+    again = load_classifier(tmp_path / "ft")
+    with torch.no_grad():
+        assert torch.allclose(again(x), clf.eval()(x), atol=1e-5)
+
+
+def test_finetune_with_mixup_runs_and_rejects_tiny_dataset():
+    from mimkit.eval.finetune import finetune
+
+    m = tiny_mae()
+    ds = _stripes(64, 2)
+    _, res = finetune(m, ds, ds, 2, epochs=1, batch_size=16, mixup=0.8, cutmix=1.0, progress=False, pool="mean")
+    assert 0 <= res["acc"] <= 1 and math.isfinite(res["test_loss"])
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        finetune(m, ds, ds, 2, batch_size=128, progress=False)
+
+
+# ---- command line -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny two-class ImageFolder (train/ and test/) of 28x28 grayscale PNGs."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for c, name in enumerate(("top", "bottom")):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 60, (28, 28)).astype(np.uint8)
+                if c == 0:
+                    a[:14] += 150
+                else:
+                    a[14:] += 150
+                Image.fromarray(a, "L").save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved_mae(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("ckpt") / "mae"
+    mimkit.save(tiny_mae(), d)
+    return d
+
+
+def test_cli_eval_knn_and_linear(image_folder, saved_mae, tmp_path, capsys):
+    from mimkit.cli import main
+
+    out = tmp_path / "knn.json"
+    assert main(["eval", "knn", "--checkpoint", str(saved_mae), "--data", str(image_folder), "--pool", "both",
+                 "--k", "5", "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["train_images"] == 48 and r["test_images"] == 16 and set(r["results"]) == {"cls", "mean"}
+    assert all(0 <= v["acc"] <= 1 for v in r["results"].values())
+    assert "| 5-NN" in capsys.readouterr().out
+    out = tmp_path / "lin.json"
+    assert main(["eval", "linear", "--checkpoint", str(saved_mae), "--data", str(image_folder), "--epochs", "20",
+                 "--probe-batch-size", "16", "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["results"]) == {"cls"} and r["results"]["cls"]["acc"] >= 0.75  # the halves are easy to tell apart
+
+
+def test_cli_finetune_and_errors(image_folder, saved_mae, tmp_path, capsys):
+    from mimkit.cli import main
+
+    out = tmp_path / "ft.json"
+    assert main(["finetune", "--checkpoint", str(saved_mae), "--data", str(image_folder), "--epochs", "1",
+                 "--batch-size", "16", "--out", str(out), "--save-dir", str(tmp_path / "ft"), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert 0 <= r["results"]["acc"] <= 1 and r["results"]["layer_decay"] == 0.75
+    assert (tmp_path / "ft" / "classifier.safetensors").exists()
+    # clear errors: a folder without train/test, a missing checkpoint, cls pooling on Swin
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    assert main(["eval", "knn", "--checkpoint", str(saved_mae), "--data", str(flat)]) == 2
+    assert "train/" in capsys.readouterr().err
+    assert main(["eval", "knn", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_cli_eval_accepts_hf_directory(image_folder, tmp_path):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from mimkit.cli import main
+
+    cfg = ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=28, patch_size=4, num_channels=1, decoder_hidden_size=16,
+                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+                       layer_norm_eps=1e-6)
+    ViTMAEForPreTraining(cfg).save_pretrained(tmp_path / "hf")
+    out = tmp_path / "r.json"
+    assert main(["eval", "knn", "--checkpoint", f"hf:{tmp_path / 'hf'}", "--data", str(image_folder), "--out",
+                 str(out), "--no-progress"]) == 0
+    assert 0 <= json.loads(out.read_text())["results"]["cls"]["acc"] <= 1
