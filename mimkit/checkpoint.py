@@ -147,10 +147,12 @@ def check_training_checkpoint(ckpt, path, resume: bool = True) -> dict:
     return ckpt
 
 
-def read_torch_checkpoint(path) -> dict:
+def read_torch_checkpoint(path, mmap: bool = False) -> dict:
+    """``torch.load`` on CPU with a clear error for damaged files; ``mmap`` maps tensors lazily (a cheap
+    look at a large checkpoint)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # torch raises many types for corrupt files
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); the file is "

@@ -81,15 +81,25 @@ def locate_fashion_mnist(root: str | os.PathLike | None = None, download: bool =
     raise FileNotFoundError(msg + HOW_TO_GET_FMNIST)
 
 
+_IDX_CACHE: dict = {}
+
+
 def load_fashion_mnist(split: str = "train", root=None, download: bool = True):
-    """(images uint8 (N, 28, 28), labels int64 (N,)) for split 'train' or 'test'."""
+    """(images uint8 (N, 28, 28), labels int64 (N,)) for split 'train' or 'test'. The decoded arrays
+    are cached per file (path, size, mtime) for the life of the process; each call returns copies."""
     if split not in FMNIST_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     d = locate_fashion_mnist(root, download)
     img_f, lbl_f = (_find_file(d, s) for s in FMNIST_FILES[split])
-    images, labels = _read_idx(img_f), _read_idx(lbl_f)
-    if len(images) != len(labels):
-        raise ValueError(f"{img_f} and {lbl_f} hold different numbers of items")
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in (img_f, lbl_f))
+    if key not in _IDX_CACHE:
+        images, labels = _read_idx(img_f), _read_idx(lbl_f)
+        if len(images) != len(labels):
+            raise ValueError(f"{img_f} and {lbl_f} hold different numbers of items")
+        if len(_IDX_CACHE) >= 2:  # train + test at most
+            _IDX_CACHE.clear()
+        _IDX_CACHE[key] = (images, labels)
+    images, labels = _IDX_CACHE[key]
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -15,8 +15,8 @@ def test_config_builds(path):
     name, kw = model_kwargs(cfg)
     if kw.get("tokenizer_path"):
         kw["tokenizer_path"] = None  # tokenizer runs are made by `mimkit tokenizer train`
-    if name.startswith("beit") and not kw.get("tokenizer_path"):
-        kw.setdefault("vocab_size", 64)
+    if name.startswith("beit") and kw.get("vocab_size") is None:
+        kw["vocab_size"] = 64
     model = mimkit.create(name, **kw)
     assert model.in_chans == cfg["data"]["in_chans"]
     assert cfg["data"]["img_size"] % model.patch_size == 0

@@ -68,3 +68,20 @@ def test_empty_folder_error(tmp_path):
     (tmp_path / "cls").mkdir()
     with pytest.raises(FileNotFoundError, match="no images found"):
         EncodedImageFolder(tmp_path)
+
+
+def test_pretrain_end_to_end_with_decode_on_device(tmp_path):
+    from mimkit.train.config import load_config
+    from mimkit.train.run import run_pretrain
+
+    make_folder(tmp_path / "imgs", n=16, size=(36, 40))
+    cfg = load_config(None, [
+        "model.name=mae_vit_tiny_patch4_28", "model.in_chans=3", "model.embed_dim=32", "model.depth=1",
+        "model.num_heads=2", "model.decoder_embed_dim=16", "model.decoder_depth=1", "model.img_size=28",
+        "data.name=image_folder", f"data.root={tmp_path / 'imgs'}", "data.img_size=28", "data.in_chans=3",
+        "data.batch_size=8", "data.decode_on_device=true", "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false", f"run.dir={tmp_path / 'run'}", "run.recon_images=0",
+    ])
+    run_dir = run_pretrain(cfg)
+    assert (run_dir / "model" / "model.safetensors").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -290,3 +290,25 @@ def test_cli_eval_accepts_hf_directory(image_folder, tmp_path):
     assert main(["eval", "knn", "--checkpoint", f"hf:{tmp_path / 'hf'}", "--data", str(image_folder), "--out",
                  str(out), "--no-progress"]) == 0
     assert 0 <= json.loads(out.read_text())["results"]["cls"]["acc"] <= 1
+
+
+def test_timm_encoder_through_from_timm_and_cli(image_folder, tmp_path):
+    import timm
+
+    from mimkit.cli import main
+    from mimkit.interop.timm import from_timm, save_timm
+
+    tm = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=28, patch_size=4, in_chans=1,
+                           embed_dim=32, depth=2, num_heads=2, num_classes=0).eval()
+    model = from_timm(tm)
+    x = torch.randn(3, 1, 28, 28)
+    ds = TensorDataset(x, torch.zeros(3, dtype=torch.long))
+    f, _ = extract_features(model, ds, "cls", progress=False)
+    with torch.no_grad():
+        assert torch.allclose(f, tm(x), atol=1e-5)  # timm's pooled (cls) feature
+    assert _scales(Classifier(model.encoder, 2), 0.5)["encoder.blocks.0.mlp.fc1.weight"][0] == 0.25
+    save_timm(model, tmp_path / "timm")
+    out = tmp_path / "r.json"
+    assert main(["eval", "knn", "--checkpoint", f"timm:{tmp_path / 'timm'}", "--data", str(image_folder), "--out",
+                 str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["feature_dim"] == 32

@@ -46,10 +46,11 @@ def register(sub) -> None:
     lin = esub.add_parser("linear", help="linear probe: BatchNorm(affine=False) + Linear on cached features")
     _common(lin)
     lin.add_argument("--epochs", type=int, default=50, help="epochs over the cached features (default 50)")
-    lin.add_argument("--probe-batch-size", type=int, default=1024, help="head batch size (default 1024)")
+    lin.add_argument("--probe-batch-size", type=int,
+                     help="head batch size (default min(1024, max(32, N // 50)) for N training images)")
     lin.add_argument("--optimizer", choices=("sgd", "lars", "adamw"), default="sgd",
                      help="sgd (default, momentum 0.9), lars (MAE's), adamw")
-    lin.add_argument("--blr", type=float, help="base lr; lr = blr * batch / 256 (default sgd 0.1, lars 1.6, adamw 1e-3)")
+    lin.add_argument("--blr", type=float, help="base lr; lr = blr * batch / 256 (default sgd 0.4, lars 1.6, adamw 1e-3)")
     lin.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
     lin.add_argument("--weight-decay", type=float, default=0.0)
     lin.add_argument("--seed", type=int, default=0)

@@ -18,8 +18,8 @@ def register(sub) -> None:
     p.add_argument("--data", default="fashion_mnist", help=DATA_HELP)
     p.add_argument("--data-root", help="folder holding the Fashion-MNIST idx files (default: auto-detected)")
     p.add_argument("--pool", choices=("cls", "mean"), default=None,
-                   help="classifier input: cls token or mean of patch tokens + LayerNorm (default cls when the "
-                        "encoder has one, else mean)")
+                   help="classifier input: mean of patch tokens + LayerNorm (default, MAE's global pooling) or "
+                        "the cls token")
     p.add_argument("--epochs", type=int, default=D["epochs"], help=f"default {D['epochs']}")
     p.add_argument("--batch-size", type=int, default=D["batch_size"], help=f"default {D['batch_size']}")
     p.add_argument("--blr", type=float, default=D["blr"], help=f"base lr, lr = blr * batch / 256 (default {D['blr']})")
@@ -54,12 +54,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from mimkit.eval.data import check_same_classes, eval_dataset, load_model_spec, print_table
-    from mimkit.eval.features import has_cls_token
     from mimkit.eval.finetune import finetune
 
     t0 = time.time()
     model = load_model_spec(args.checkpoint)
-    pool = args.pool or ("cls" if has_cls_token(model) else "mean")
+    pool = args.pool or "mean"
     kw = dict(mean=args.mean, std=args.std, root=args.data_root)
     train, tr_classes = eval_dataset(args.data, "train", model, train_aug=True, limit=args.limit,
                                      crop_scale=tuple(args.crop_scale), hflip=not args.no_hflip, **kw)

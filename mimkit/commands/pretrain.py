@@ -7,8 +7,8 @@ def register(sub) -> None:
                        description="Pretrain a recipe. Overrides are dotted keys, e.g. trainer.max_epochs=5 "
                                    "data.batch_size=128 model.mask_ratio=0.6 optim.blr=1e-4")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--resume", help="checkpoint to continue from (e.g. runs/<run>/checkpoints/last.ckpt); "
-                                    "the run's own config.yaml is reused")
+    p.add_argument("--resume", help="checkpoint or run directory to continue from (e.g. runs/<run> or "
+                                    "runs/<run>/checkpoints/last.ckpt); the run's own config.yaml is reused")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=run)

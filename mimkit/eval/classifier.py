@@ -60,7 +60,7 @@ class Classifier(nn.Module):
     """``encoder`` -> pooled feature -> linear head (logits). ``pool='cls'`` uses the cls token,
     ``'mean'`` the mean of the patch tokens followed by a fresh LayerNorm (MAE's ``fc_norm``)."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, pool: str = "cls", head_init_std: float = 2e-5,
+    def __init__(self, encoder: nn.Module, num_classes: int, pool: str = "mean", head_init_std: float = 2e-5,
                  copy_encoder: bool = True):
         super().__init__()
         if pool not in POOLS:

@@ -114,7 +114,7 @@ def _precision(device_type: str) -> str:
     return "bf16-mixed" if device_type == "cuda" else "32-true"
 
 
-def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str = "cls", epochs: int = 10,
+def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str = "mean", epochs: int = 10,
              batch_size: int = 128, blr: float = 1e-3, lr: float | None = None, min_lr: float = 1e-6,
              layer_decay: float = 0.75, weight_decay: float = 0.05, drop_path: float = 0.1, mixup: float = 0.0,
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,

@@ -87,7 +87,7 @@ def beit_from_hf(hf):
         _layer_to_block(sd, f"beit.layers.{i}", f"encoder.blocks.{i}", out)
     load_exact(model, out, "BeitForMaskedImageModeling -> mimkit BEiT")
     model.mimkit_config = {"recipe": None, "builder": "beit", **beit_kwargs(model)}
-    return model
+    return model.eval()  # like from_pretrained (BEiT configs default to drop_path_rate=0.1)
 
 
 def _layer_to_block(sd, src, dst, out):

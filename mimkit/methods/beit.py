@@ -214,7 +214,7 @@ register_recipe(
 register_recipe(
     "beit_vit_tiny_patch4_28", BEiT,
     "BEiT on a tiny ViT for 28x28 grayscale (Fashion-MNIST) on CPU, tokens from a dvae_tiny_28 run",
-    img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=6, num_heads=3, vocab_size=512,
+    img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4, vocab_size=512,
     layer_scale_init_value=0.1, use_shared_relative_position_bias=True, drop_path_rate=0.0,
     num_masking_patches=19, min_num_patches=4,
 )

@@ -17,7 +17,7 @@ register_builder("dalle_encoder", DALLEEncoder)
 register_recipe(
     "dvae_tiny_28", DiscreteVAE,
     "BEiT tokenizer for 28x28 grayscale (Fashion-MNIST) on CPU: 512 codes on a 7x7 grid (patch 4)",
-    img_size=28, in_chans=1, vocab_size=512, downsample=4, hidden_dim=64, num_res_blocks=1, code_dim=64,
+    img_size=28, in_chans=1, vocab_size=512, downsample=4, hidden_dim=32, num_res_blocks=1, code_dim=32,
     kl_weight=1e-3, usage_weight=0.5, temperature=1.0, temperature_min=1 / 16, anneal_fraction=0.8, **_FMNIST,
 )
 register_recipe(

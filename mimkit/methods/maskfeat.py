@@ -40,6 +40,6 @@ register_recipe(
     "maskfeat_vit_tiny_patch4_28", MaskFeat,
     "MaskFeat on a tiny ViT for 28x28 grayscale (Fashion-MNIST) on CPU: HOG cell 4 = one cell per 4-px "
     "patch (cell 8 does not fit a 4-px patch), 9 bins; block-wise mask 0.4 with blocks of >= 4 patches",
-    img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=6, num_heads=3,
+    img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4,
     mask_ratio=0.4, masking="block", masking_kwargs={"min_num_patches": 4}, hog_bins=9, hog_cell=4,
 )

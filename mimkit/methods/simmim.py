@@ -215,7 +215,7 @@ register_recipe(
     "simmim_vit_tiny_patch4_28", SimMIM,
     "SimMIM on a tiny ViT for 28x28 grayscale (Fashion-MNIST) on CPU; mask 0.6 on 4-px cells "
     "(28 = 7x4 has no coarser cell that is a multiple of the patch)",
-    img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=6, num_heads=3,
+    img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4,
     mask_ratio=0.6, mask_patch_size=4,
 )
 register_recipe(

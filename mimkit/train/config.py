@@ -21,7 +21,8 @@ DEFAULTS: dict = {
         "mean": None,
         "std": None,
         "limit": None,  # use only the first N training images
-        "on_error": "skip",  # unreadable image files: skip (counted warning) | raise
+        "on_error": "skip",
+        "decode_on_device": False,  # image_folder: decode JPEGs + augment on the training device (GPU)  # unreadable image files: skip (counted warning) | raise
     },
     "optim": {
         "lr": None,  # absolute learning rate; when null, lr = blr * effective_batch / lr_batch_base

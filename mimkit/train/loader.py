@@ -47,9 +47,13 @@ class SeededSamples(Dataset):
     def __getitem__(self, key):
         if isinstance(key, tuple):
             index, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            gen = torch.default_generator  # CPU transforms draw from it; torch.manual_seed would cost
+            state = gen.get_state()        # ~100 us per call (it also seeds every accelerator)
+            gen.manual_seed(seed)
+            try:
                 return self.dataset[index]
+            finally:
+                gen.set_state(state)
         return self.dataset[key]
 
 

@@ -30,8 +30,9 @@ def no_decay_set(model: torch.nn.Module) -> set[str]:
     """Names of the parameters without weight decay: biases, norms and other 1-D tensors, plus every
     ``no_weight_decay()`` name (tokens, position embeddings) — timm's rule. Compute it on the plain
     model: after FSDP wraps it, parameters are flattened shards and their shapes no longer tell."""
-    skip = no_weight_decay_names(model)
-    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or n in skip}
+    skip = {clean_param_name(n) for n in no_weight_decay_names(model)}
+    names = ((clean_param_name(n), p) for n, p in model.named_parameters())
+    return {n for n, p in names if p.ndim <= 1 or n.endswith(".bias") or n in skip}
 
 
 _WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -113,6 +114,14 @@ class MIMModule(L.LightningModule):
             opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
         self.total_steps = total
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    device_augment = None  # set by run_pretrain for data.decode_on_device
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        """Encoded files (``data.decode_on_device``) are decoded and augmented straight onto the device."""
+        if isinstance(batch, dict) and "encoded" in batch and self.device_augment is not None:
+            return {"images": self.device_augment(batch["encoded"], batch["paths"], self.device)}
+        return batch
 
     def training_step(self, batch, batch_idx):
         # a batch is (images, labels) from a classification dataset, or a dict of model inputs

@@ -108,6 +108,18 @@ def is_fsdp(strategy) -> bool:
     return "fsdp" in (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
 
 
+def progress_bar():
+    """Rich bar in a terminal; a plain tqdm bar (readable in log files) otherwise. The bar reads the
+    logged loss only every few steps, so it adds no per-step host synchronisation on a GPU."""
+    import sys
+
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    if sys.stdout.isatty():
+        return RichProgressBar(refresh_rate=10)
+    return TQDMProgressBar(refresh_rate=50)
+
+
 def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -126,6 +138,8 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
         FinalArtifacts(run_dir),
         *extra_callbacks,
     ]
+    if t["enable_progress_bar"]:
+        callbacks.append(progress_bar())
     if r.get("checkpoint_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(r["checkpoint_every_n_steps"]),
                                          save_top_k=1, enable_version_counter=False))
@@ -165,7 +179,7 @@ def stepping_batches(trainer, num_samples: int, batch_size: int) -> int | None:
     return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
 
-def _data_module(dataset, batch_size: int, num_workers: int, seed: int):
+def _data_module(dataset, batch_size: int, num_workers: int, seed: int, collate_fn=None):
     import lightning as L
 
     from .loader import ResumableLoader, ResumableSampler
@@ -177,10 +191,41 @@ def _data_module(dataset, batch_size: int, num_workers: int, seed: int):
             t = self.trainer
             sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle=True,
                                        rank=t.global_rank, world_size=t.world_size)
-            return ResumableLoader(dataset, sampler, num_workers=num_workers,
+            return ResumableLoader(dataset, sampler, num_workers=num_workers, collate_fn=collate_fn,
                                    pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
     return PretrainData()
+
+
+def _slurm_requeue_checkpoint(run_dir: Path) -> str | None:
+    """Newest ``hpc_ckpt_N.ckpt`` Lightning wrote in ``run_dir`` before a SLURM requeue (same job id,
+    so the same run directory), when running under SLURM."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    found = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if
+                   p.stem.rsplit("_", 1)[-1].isdigit() else -1)
+    if found:
+        print(f"mimkit: SLURM requeue: resuming from {found[-1]}", flush=True)
+    return str(found[-1]) if found else None
+
+
+def _device_decoded_data(d: dict, module, seed: int):
+    """``data.decode_on_device``: workers read file bytes; the module decodes and augments on its device."""
+    from ..data import default_stats
+    from ..device_data import DeviceAugment, EncodedImageFolder, collate_encoded
+
+    if d["name"] != "image_folder":
+        raise ValueError("data.decode_on_device works with data.name=image_folder (JPEG files); "
+                         f"got data.name={d['name']}")
+    root = Path(d.get("root") or "")
+    ds = EncodedImageFolder(root / "train" if (root / "train").is_dir() else root)
+    mean, std = default_stats(d["name"], int(d["in_chans"]))
+    module.device_augment = DeviceAugment(int(d["img_size"]), d.get("mean") or mean, d.get("std") or std,
+                                          int(d["in_chans"]), d.get("crop_scale", (0.2, 1.0)), hflip=d.get("hflip", True),
+                                          on_error=d.get("on_error", "skip"), seed=seed)
+    return ds, collate_encoded
 
 
 def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
@@ -189,26 +234,34 @@ def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..checkpoint import check_checkpoint_file
+    from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
     from ..data import build_dataset, default_stats
     from .callbacks import ReconstructionGrid
     from .module import MIMModule
 
     validate(cfg)
+    recipe, kw = model_kwargs(cfg)
+    run_dir = run_dir_for(cfg, recipe)
+    if resume is None:  # a SLURM job requeued after Lightning's SIGUSR1 checkpoint continues from it
+        resume = _slurm_requeue_checkpoint(run_dir)
     if resume is not None:
         resume = str(resolve_resume(resume))
-        check_checkpoint_file(resume)  # fail in a second on a truncated/foreign file, not after data loading
+        # fail in a second on a truncated/foreign file, not after data loading (tensors are mapped, not read)
+        check_checkpoint_file(resume)
+        resume_step = int(check_training_checkpoint(read_torch_checkpoint(resume, mmap=True), resume)["global_step"])
     seed = int(cfg["run"]["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
-    recipe, kw = model_kwargs(cfg)
     model_config = {"recipe": recipe, **kw}
     d = cfg["data"]
     module = MIMModule(model_config, cfg["optim"], int(d["batch_size"]), seed=seed)
     _check_compat(module.model, d)
     strategy = build_strategy(cfg, module.model)
-    run_dir = run_dir_for(cfg, recipe)
 
-    train_ds = build_dataset(d, "train", train_transform=True)
+    collate_fn = None
+    if d.get("decode_on_device"):
+        train_ds, collate_fn = _device_decoded_data(d, module, seed)
+    else:
+        train_ds = build_dataset(d, "train", train_transform=True)
     if len(train_ds) < int(d["batch_size"]):
         raise ValueError(f"the dataset has {len(train_ds)} images, fewer than data.batch_size={d['batch_size']}; "
                          "lower the batch size or add images")
@@ -229,23 +282,26 @@ def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
     if len(train_ds) < int(d["batch_size"]) * trainer.world_size:
         raise ValueError(f"the dataset has {len(train_ds)} images, fewer than one global batch (data.batch_size="
                          f"{d['batch_size']} x {trainer.world_size} processes); lower the batch size or add images")
-    if trainer.world_size > 1 and not cfg["run"].get("dir"):
+    shared_dir = trainer.world_size > 1 and not cfg["run"].get("dir") and "MIMKIT_RUN_DIR" not in os.environ
+    if shared_dir:
         os.environ["MIMKIT_RUN_DIR"] = str(run_dir)  # processes Lightning starts itself inherit it
     if trainer.is_global_zero:
         if resume is not None:  # keep the loss history logged before the checkpoint
             from .callbacks import archive_metrics
 
-            step = torch.load(resume, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0)
-            archive_metrics(run_dir / "logs", int(step))
+            archive_metrics(run_dir / "logs", resume_step)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         print(f"mimkit: run directory {run_dir}", flush=True)
-    data = _data_module(train_ds, int(d["batch_size"]), int(d["num_workers"]), seed)
+    data = _data_module(train_ds, int(d["batch_size"]), int(d["num_workers"]), seed, collate_fn)
     module.total_steps_hint = stepping_batches(trainer, len(train_ds), int(d["batch_size"]))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume)
     except MisconfigurationException as e:
         raise ValueError(f"trainer settings: {e}") from None
+    finally:
+        if shared_dir:
+            os.environ.pop("MIMKIT_RUN_DIR", None)
     if trainer.is_global_zero:
         print(f"mimkit: finished; run directory {run_dir} (model/, checkpoints/, reconstructions/, loss_curve.png, "
               f"logs/metrics.csv, tensorboard/)", flush=True)

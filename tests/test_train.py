@@ -1,0 +1,248 @@
+"""The training engine: lr scaling, warm-up + cosine, weight-decay groups (FSDP-safe), gradient
+accumulation, checkpoint files (atomic writes, last.ckpt, retention), FSDP wrapping policy, run dirs."""
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning  # noqa: F401  (import before any capture: its log handler keeps the stream)
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mimkit
+from mimkit.train.callbacks import AtomicCheckpointIO
+from mimkit.train.config import load_config
+from mimkit.train.module import MIMModule, no_decay_set, param_groups, warmup_cosine
+from mimkit.train.run import block_classes, build_strategy, run_dir_for, run_pretrain, stepping_batches
+
+TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
+        "model.decoder_depth=1", "model.decoder_num_heads=2", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu", "run.recon_images=0", "trainer.log_every_n_steps=1", "data.limit=64"]
+SMALL = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _module(optim=None, batch=32, accumulate=1, world=1):
+    o = {"lr": None, "blr": 1.5e-4, "lr_batch_base": 256, "min_lr": 0.0, "weight_decay": 0.05,
+         "betas": [0.9, 0.95], "warmup_epochs": 1.0, "fused": False, **(optim or {})}
+    m = MIMModule({"recipe": "mae_vit_tiny_patch4_28", **SMALL}, o, batch)
+    m._trainer = SimpleNamespace(accumulate_grad_batches=accumulate, world_size=world)
+    return m
+
+
+def test_lr_scales_with_the_effective_batch():
+    # lr = blr * batch * accumulate * world_size / 256 (MAE)
+    assert _module(batch=32, accumulate=4, world=8).effective_lr() == pytest.approx(1.5e-4 * 1024 / 256)
+    assert _module(batch=64).effective_lr() == pytest.approx(1.5e-4 * 64 / 256)
+    assert _module(batch=64, world=2).effective_lr() == pytest.approx(_module(batch=128).effective_lr())
+    assert _module({"lr": 3e-3}, batch=64, world=4).effective_lr() == 3e-3  # absolute lr is not scaled
+    assert _module({"lr_batch_base": 512}, batch=64).effective_lr() == pytest.approx(1.5e-4 * 64 / 512)
+
+
+def test_warmup_then_half_cosine():
+    warm, total, lo = 10, 110, 0.1
+    f = [warmup_cosine(s, warm, total, lo) for s in range(total + 5)]
+    assert f[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])  # linear, reaching 1
+    assert f[warm] == pytest.approx(1.0)
+    assert f[warm + 50] == pytest.approx(lo + (1 - lo) * 0.5)  # half-way down the cosine
+    assert f[total] == pytest.approx(lo) and f[-1] == pytest.approx(lo)  # floor, held after the end
+    assert all(a >= b for a, b in zip(f[warm:], f[warm + 1:]))
+    assert f[warm + 25] == pytest.approx(lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_no_weight_decay_on_norms_biases_tokens_and_positions():
+    model = mimkit.create("mae_vit_tiny_patch4_28", **SMALL)
+    model.encoder.pos_embed.requires_grad_(True)  # as a learned table would be
+    names = {id(p): n for n, p in model.named_parameters()}
+    skip, decay = param_groups(model, 0.05)
+    assert skip["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    skip_n, decay_n = {names[id(p)] for p in skip["params"]}, {names[id(p)] for p in decay["params"]}
+    assert {"encoder.cls_token", "encoder.pos_embed", "decoder.mask_token"} <= skip_n
+    assert all(n.endswith(".bias") or "norm" in n or n in {"encoder.cls_token", "encoder.pos_embed",
+                                                              "decoder.mask_token"} for n in skip_n), skip_n
+    assert all(n.endswith(".bias") for n in skip_n if "norm" not in n and "token" not in n and "pos" not in n)
+    assert {n for n in names.values() if "norm" in n or n.endswith(".bias")} <= skip_n
+    assert decay_n and all(n.endswith(".weight") and "norm" not in n for n in decay_n)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert "decoder.decoder_pos_embed" not in skip_n | decay_n  # fixed sin-cos: not trained at all
+
+
+class _Wrapped(torch.nn.Module):
+    """What FSDP(use_orig_params=True) does to a block, as seen by named_parameters(): an extra
+    ``_fsdp_wrapped_module`` level and flat 1-D shards instead of the original shapes."""
+
+    def __init__(self, block):
+        super().__init__()
+        self._fsdp_wrapped_module = block
+        for mod in block.modules():
+            for k, p in list(mod._parameters.items()):
+                if p is not None:
+                    mod._parameters[k] = torch.nn.Parameter(p.detach().reshape(-1)[: max(1, p.numel() // 2)].clone())
+
+
+def test_weight_decay_groups_survive_fsdp_flattening():
+    model = mimkit.create("mae_vit_tiny_patch4_28", **SMALL)
+    keep = no_decay_set(model)  # computed on the plain model, as MIMModule does in __init__
+    expected = {n for n in keep if ".blocks." in n or "decoder_blocks" in n}
+    for blocks in (model.encoder.blocks, model.decoder.decoder_blocks):
+        for i in range(len(blocks)):
+            blocks[i] = _Wrapped(blocks[i])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 1 for n, p in model.named_parameters() if "_fsdp_wrapped_module" in n)
+    skip, decay = param_groups(model, 0.05, keep)
+    got = {names[id(p)].replace("_fsdp_wrapped_module.", "") for p in skip["params"]}
+    assert expected <= got
+    assert any("attn.qkv.weight" in names[id(p)] for p in decay["params"])  # still decayed though 1-D
+    naive = param_groups(model, 0.05)  # shapes alone would stop decaying every block weight
+    assert not any("_fsdp_wrapped_module" in names[id(p)] for p in naive[1]["params"])
+
+
+def _kept(k, t):  # leave out the key bias: zero true gradient, so Adam amplifies float noise there
+    if k.endswith("attn.qkv.bias"):
+        d = t.shape[0] // 3
+        return torch.cat([t[:d], t[2 * d:]])
+    return t
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    common = [*TINY, "model.masking=center", "trainer.max_epochs=1", "optim.blr=0.05"]
+    a = run_pretrain(load_config(None, [*common, "data.batch_size=16", f"run.dir={tmp_path / 'big'}"]))
+    b = run_pretrain(load_config(None, [*common, "data.batch_size=8", "trainer.accumulate_grad_batches=2",
+                                        f"run.dir={tmp_path / 'acc'}"]))
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    ca = torch.load(a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    cb = torch.load(b / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ca["global_step"] == cb["global_step"] == 4
+    # the same effective lr (blr * 8 * 2 / 256) and the same updates
+    assert ca["lr_schedulers"][0]["base_lrs"] == cb["lr_schedulers"][0]["base_lrs"] == [0.05 * 16 / 256] * 2
+    init = mimkit.create("mae_vit_tiny_patch4_28", **{**SMALL, "depth": 1, "masking": "center"}).state_dict()
+    worst = max((_kept(k, wa[k]) - _kept(k, wb[k])).abs().max().item() for k in wa)
+    moved = max((_kept(k, wa[k]) - _kept(k, init[k])).abs().max().item() for k in wa)
+    assert worst < 2e-5 and moved > 1e-3
+
+
+def test_checkpoints_are_written_atomically_and_kept(tmp_path, monkeypatch):
+    written = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint, path, storage_options=None):
+        written.append(Path(path).name)
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", spy)
+    run = run_pretrain(load_config(None, [*TINY, "data.batch_size=16", "trainer.max_epochs=3",
+                                          "run.checkpoint_every_n_steps=3", "run.keep_periodic=2",
+                                          f"run.dir={tmp_path / 'r'}"]))
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    # periodic files (the 2 newest kept), last.ckpt (a real file, not a link); nothing half-written
+    assert files == ["epoch001-step0000008.ckpt", "epoch002-step0000012.ckpt", "last.ckpt"]
+    assert not (run / "checkpoints" / "last.ckpt").is_symlink()
+    assert set(files) <= set(written) and "epoch000-step0000004.ckpt" in written
+    assert written.count("last.ckpt") >= 4  # step checkpoints (3, 6, 9) and epoch ends
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 12
+    assert oct((run / "checkpoints" / "last.ckpt").stat().st_mode & 0o777) != oct(0o600)
+    model = mimkit.load(run)  # a run directory loads (model/)
+    assert torch.isfinite(model(torch.rand(2, 1, 28, 28)).loss)
+
+
+def test_a_crash_during_a_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+    before = path.read_bytes()
+
+    def dies_half_way(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"step": 2}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+def test_stepping_batches_matches_lightnings_formula():
+    t = SimpleNamespace(max_epochs=3, max_steps=-1, world_size=2, limit_train_batches=1.0, accumulate_grad_batches=3)
+    assert stepping_batches(t, 1000, 16) == math.ceil((1000 // 32) / 3) * 3
+    t.limit_train_batches = 5
+    assert stepping_batches(t, 1000, 16) == math.ceil(5 / 3) * 3
+    t.max_steps = 4
+    assert stepping_batches(t, 1000, 16) == 4
+    t.max_epochs = -1
+    assert stepping_batches(t, 1000, 16) == 4
+
+
+def test_fsdp_wraps_every_transformer_block():
+    from lightning.pytorch.strategies import FSDPStrategy
+    from timm.models.swin_transformer import SwinTransformerBlock
+    from timm.models.vision_transformer import Block
+
+    cfg = load_config(None, ["trainer.strategy=fsdp", "trainer.activation_checkpointing=true",
+                             "trainer.fsdp_sharding=SHARD_GRAD_OP"])
+    s = build_strategy(cfg, mimkit.create("mae_vit_tiny_patch4_28", **SMALL))
+    assert isinstance(s, FSDPStrategy)
+    assert s.kwargs["auto_wrap_policy"]._module_classes == {Block}  # encoder and decoder blocks
+    assert s._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {Block}
+    assert s.sharding_strategy.name == "SHARD_GRAD_OP" and s.kwargs["use_orig_params"]
+    assert block_classes(mimkit.create("simmim_swin_tiny_window4_32")) == {SwinTransformerBlock}
+    assert build_strategy(load_config(None, ["trainer.strategy=ddp"]), None) == "ddp"
+
+
+def test_run_directory_is_the_same_on_every_process(monkeypatch):
+    cfg = load_config(None, [])
+    for var in ("MIMKIT_RUN_DIR", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert run_dir_for(cfg, "mae") == Path("runs/mae-slurm4242")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    assert run_dir_for(cfg, "mae") == Path("runs/mae-abc")
+    monkeypatch.setenv("MIMKIT_RUN_DIR", "/x/y")
+    assert run_dir_for(cfg, "mae") == Path("/x/y")
+    cfg["run"]["dir"] = "mine"
+    assert run_dir_for(cfg, "mae") == Path("mine")
+
+
+def test_max_time_stops_with_a_checkpoint(tmp_path):
+    run = run_pretrain(load_config(None, [*TINY, "data.batch_size=8", "trainer.max_epochs=1000",
+                                          "trainer.max_time={seconds: 2}", f"run.dir={tmp_path / 't'}"]))
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < last["global_step"] < 1000 * 8
+    assert (run / "model" / "model.safetensors").exists()
+    assert os.environ.get("MIMKIT_RUN_DIR") is None
+
+
+def test_non_finite_loss_on_another_process_stops_this_one_too():
+    from mimkit.train.module import NonFiniteLossError
+
+    m = _module()
+    votes = []
+
+    class Strategy:
+        def reduce_boolean_decision(self, ok, all=True):
+            votes.append((ok, all))
+            return False  # another rank saw NaN
+
+    m._trainer = SimpleNamespace(world_size=2, strategy=Strategy(), global_step=7, current_epoch=0,
+                                 fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=7)))
+    m._step_losses = [torch.tensor(0.5), torch.tensor(0.4)]  # finite here (accumulated micro-batches)
+    with pytest.raises(NonFiniteLossError, match="non-finite on another process"):
+        m.on_before_optimizer_step(None)
+    assert votes == [(True, True)] and m._step_losses == []
+    m._trainer.world_size = 1
+    m._step_losses = [torch.tensor(0.5), torch.tensor(float("inf"))]
+    with pytest.raises(ValueError, match="loss became inf"):  # a ValueError too: the CLI prints one line
+        m.on_before_optimizer_step(None)
+    m._step_losses = [torch.tensor(0.5)]
+    m.on_before_optimizer_step(None)  # finite: nothing happens
