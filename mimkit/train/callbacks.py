@@ -133,3 +133,39 @@ class FinalArtifacts(L.Callback):
                     if extra:
                         save_curve(None, extra, self.run_dir / "metrics_curve.png", ylabel="value",
                                    title="logged metrics")
+
+
+class Throughput(L.Callback):
+    """Logs training images/s (``train/images_per_s``) every ``every`` steps and keeps the average
+    after ``warmup`` steps in ``self.images_per_s``. Synchronises the GPU only at those points."""
+
+    def __init__(self, every: int = 20, warmup: int = 5):
+        self.every, self.warmup = every, warmup
+        self.images_per_s: float | None = None
+        self._t0 = self._n0 = None
+        self._seen = 0
+
+    def _now(self, pl_module):
+        import time
+
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        x = batch["images"] if isinstance(batch, dict) and "images" in batch else \
+            batch[0] if isinstance(batch, (list, tuple)) else None
+        self._seen += len(x) if x is not None else len(batch.get("encoded", ())) if isinstance(batch, dict) else 0
+        step = trainer.global_step
+        if step == self.warmup and self._t0 is None:
+            self._t0, self._n0 = self._now(pl_module), self._seen
+        elif self._t0 is not None and step % self.every == 0:
+            dt = self._now(pl_module) - self._t0
+            self.images_per_s = (self._seen - self._n0) * trainer.world_size / dt
+            pl_module.log("train/images_per_s", self.images_per_s, rank_zero_only=True)
+
+    def on_train_end(self, trainer, pl_module):
+        if self._t0 is not None:
+            dt = self._now(pl_module) - self._t0
+            if dt > 0 and self._seen > self._n0:
+                self.images_per_s = (self._seen - self._n0) * trainer.world_size / dt

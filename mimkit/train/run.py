@@ -228,18 +228,30 @@ def _device_decoded_data(d: dict, module, seed: int):
     return ds, collate_encoded
 
 
-def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
+def _quiet_known_warnings() -> None:
+    """Silence library notices that say nothing about the user's run."""
+    import warnings
+
+    for msg in (r".*overridden `on_before_batch_transfer`.*", r".*isinstance\(treespec, LeafSpec\).*",
+                r".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=msg)
+    os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+
+
+def run_pretrain(cfg: dict, resume: str | None = None, callbacks=()) -> Path:
     """Train the model of ``cfg`` (see ``mimkit.train.config.DEFAULTS``); return the run directory.
+    ``callbacks``: extra Lightning callbacks (e.g. :class:`~mimkit.train.callbacks.Throughput`).
     ``resume``: a checkpoint (or run directory) to continue from, exactly where it stopped."""
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
     from ..data import build_dataset, default_stats
-    from .callbacks import ReconstructionGrid
+    from .callbacks import ReconstructionGrid, Throughput
     from .module import MIMModule
 
     validate(cfg)
+    _quiet_known_warnings()
     recipe, kw = model_kwargs(cfg)
     run_dir = run_dir_for(cfg, recipe)
     if resume is None:  # a SLURM job requeued after Lightning's SIGUSR1 checkpoint continues from it
@@ -265,7 +277,7 @@ def run_pretrain(cfg: dict, resume: str | None = None) -> Path:
     if len(train_ds) < int(d["batch_size"]):
         raise ValueError(f"the dataset has {len(train_ds)} images, fewer than data.batch_size={d['batch_size']}; "
                          "lower the batch size or add images")
-    callbacks = []
+    callbacks = [Throughput(every=int(cfg["trainer"]["log_every_n_steps"]))] + list(callbacks)
     n_rec = int(cfg["run"].get("recon_images") or 0)
     if n_rec and hasattr(module.model, "reconstruct") and not is_fsdp(strategy):
         eval_ds = build_dataset(d, "train", train_transform=False)
