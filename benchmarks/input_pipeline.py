@@ -116,7 +116,7 @@ def main() -> int:
     ap.add_argument("--src-size", type=int, default=320 if gpu else 48, help="side of the JPEG files written")
     ap.add_argument("--images", type=int, default=20000 if gpu else 2048)
     ap.add_argument("--batch", type=int, default=256 if gpu else 64)
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) if gpu else 1)
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) if gpu else 0)
     ap.add_argument("--steps", type=int, default=50 if gpu else 20)
     ap.add_argument("--warmup", type=int, default=10 if gpu else 3)
     ap.add_argument("--modes", default="synthetic,image_folder,decode_on_device")
