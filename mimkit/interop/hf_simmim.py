@@ -14,7 +14,34 @@ from __future__ import annotations
 
 import torch
 
-from .keymap import hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+from .keymap import copy_keys, hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+
+# (mimkit key, transformers key) outside the transformer layers, for ViTForMaskedImageModeling
+_E = "vit.embeddings"
+_VIT_KEYS = [
+    ("encoder.cls_token", f"{_E}.cls_token"),
+    ("encoder.mask_token", f"{_E}.mask_token"),
+    ("encoder.pos_embed", f"{_E}.position_embeddings"),
+    ("encoder.patch_embed.proj.weight", f"{_E}.patch_embeddings.projection.weight"),
+    ("encoder.patch_embed.proj.bias", f"{_E}.patch_embeddings.projection.bias"),
+    ("encoder.norm.weight", "vit.layernorm.weight"),
+    ("encoder.norm.bias", "vit.layernorm.bias"),
+    ("head.conv.weight", "decoder.0.weight"),
+    ("head.conv.bias", "decoder.0.bias"),
+]
+# the same for SwinForMaskedImageModeling
+_S = "swin.embeddings"
+_SWIN_KEYS = [
+    ("encoder.mask_token", f"{_S}.mask_token"),
+    ("encoder.patch_embed.proj.weight", f"{_S}.patch_embeddings.projection.weight"),
+    ("encoder.patch_embed.proj.bias", f"{_S}.patch_embeddings.projection.bias"),
+    ("encoder.patch_embed.norm.weight", f"{_S}.norm.weight"),
+    ("encoder.patch_embed.norm.bias", f"{_S}.norm.bias"),
+    ("encoder.norm.weight", "swin.layernorm.weight"),
+    ("encoder.norm.bias", "swin.layernorm.bias"),
+    ("head.conv.weight", "decoder.0.weight"),
+    ("head.conv.bias", "decoder.0.bias"),
+]
 
 _SWIN_OLD_TO_NEW = [
     (".attention.self.relative_position_bias_table", ".attention.relative_position_bias.relative_position_bias_table"),
@@ -68,18 +95,8 @@ def vit_simmim_from_hf(hf):
                    norm_eps=cfg.layer_norm_eps, pos_embed="learned", encoder_stride=cfg.encoder_stride,
                    mask_patch_size=mask_patch)
     sd = normalize_hf_keys(hf.state_dict())
-    e = "vit.embeddings"
-    out = {
-        "encoder.cls_token": sd[f"{e}.cls_token"],
-        "encoder.mask_token": sd[f"{e}.mask_token"],
-        "encoder.pos_embed": sd[f"{e}.position_embeddings"],
-        "encoder.patch_embed.proj.weight": sd[f"{e}.patch_embeddings.projection.weight"],
-        "encoder.patch_embed.proj.bias": sd[f"{e}.patch_embeddings.projection.bias"],
-        "encoder.norm.weight": sd["vit.layernorm.weight"],
-        "encoder.norm.bias": sd["vit.layernorm.bias"],
-        "head.conv.weight": sd["decoder.0.weight"],
-        "head.conv.bias": sd["decoder.0.bias"],
-    }
+    out: dict = {}
+    copy_keys(sd, _VIT_KEYS, out, to_hf=False)
     for i in range(cfg.num_hidden_layers):
         hf_layer_to_timm(sd, f"vit.layers.{i}", f"encoder.blocks.{i}", out)
     load_exact(model, out, "ViTForMaskedImageModeling -> mimkit SimMIM")
@@ -110,18 +127,8 @@ def vit_simmim_to_hf(model):
     )
     hf = ViTForMaskedImageModeling(cfg)
     sd = model.state_dict()
-    e = "vit.embeddings"
-    out = {
-        f"{e}.cls_token": sd["encoder.cls_token"],
-        f"{e}.mask_token": sd["encoder.mask_token"],
-        f"{e}.position_embeddings": sd["encoder.pos_embed"],
-        f"{e}.patch_embeddings.projection.weight": sd["encoder.patch_embed.proj.weight"],
-        f"{e}.patch_embeddings.projection.bias": sd["encoder.patch_embed.proj.bias"],
-        "vit.layernorm.weight": sd["encoder.norm.weight"],
-        "vit.layernorm.bias": sd["encoder.norm.bias"],
-        "decoder.0.weight": sd["head.conv.weight"],
-        "decoder.0.bias": sd["head.conv.bias"],
-    }
+    out: dict = {}
+    copy_keys(sd, _VIT_KEYS, out, to_hf=True)
     for i in range(kw["depth"]):
         timm_block_to_hf(sd, f"encoder.blocks.{i}", f"vit.layers.{i}", out)
     load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit SimMIM -> ViTForMaskedImageModeling")
@@ -190,17 +197,8 @@ def swin_simmim_from_hf(hf):
                        ape=cfg.use_absolute_embeddings, mask_patch_size=stride)
     sd = _normalize_swin_keys(hf.state_dict())
     e = "swin.embeddings"
-    out = {
-        "encoder.mask_token": sd[f"{e}.mask_token"],
-        "encoder.patch_embed.proj.weight": sd[f"{e}.patch_embeddings.projection.weight"],
-        "encoder.patch_embed.proj.bias": sd[f"{e}.patch_embeddings.projection.bias"],
-        "encoder.patch_embed.norm.weight": sd[f"{e}.norm.weight"],
-        "encoder.patch_embed.norm.bias": sd[f"{e}.norm.bias"],
-        "encoder.norm.weight": sd["swin.layernorm.weight"],
-        "encoder.norm.bias": sd["swin.layernorm.bias"],
-        "head.conv.weight": sd["decoder.0.weight"],
-        "head.conv.bias": sd["decoder.0.bias"],
-    }
+    out: dict = {}
+    copy_keys(sd, _SWIN_KEYS, out, to_hf=False)
     if cfg.use_absolute_embeddings:
         out["encoder.absolute_pos_embed"] = sd[f"{e}.position_embeddings"]
     for i, depth in enumerate(cfg.depths):
@@ -250,17 +248,8 @@ def swin_simmim_to_hf(model):
     hf = SwinForMaskedImageModeling(cfg)
     sd = model.state_dict()
     e = "swin.embeddings"
-    out = {
-        f"{e}.mask_token": sd["encoder.mask_token"],
-        f"{e}.patch_embeddings.projection.weight": sd["encoder.patch_embed.proj.weight"],
-        f"{e}.patch_embeddings.projection.bias": sd["encoder.patch_embed.proj.bias"],
-        f"{e}.norm.weight": sd["encoder.patch_embed.norm.weight"],
-        f"{e}.norm.bias": sd["encoder.patch_embed.norm.bias"],
-        "swin.layernorm.weight": sd["encoder.norm.weight"],
-        "swin.layernorm.bias": sd["encoder.norm.bias"],
-        "decoder.0.weight": sd["head.conv.weight"],
-        "decoder.0.bias": sd["head.conv.bias"],
-    }
+    out: dict = {}
+    copy_keys(sd, _SWIN_KEYS, out, to_hf=True)
     if kw["ape"]:
         out[f"{e}.position_embeddings"] = sd["encoder.absolute_pos_embed"]
     n = len(kw["depths"])

@@ -1,7 +1,19 @@
 """transformers ``ViTMAEForPreTraining`` <-> mimkit MAE."""
 from __future__ import annotations
 
-from .keymap import hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+from .keymap import copy_keys, hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+
+# (mimkit key, transformers key) for everything outside the transformer layers
+_KEYS = [
+    ("encoder.cls_token", "vit.embeddings.cls_token"),
+    ("encoder.pos_embed", "vit.embeddings.position_embeddings"),
+    ("encoder.patch_embed.proj.weight", "vit.embeddings.patch_embeddings.projection.weight"),
+    ("encoder.patch_embed.proj.bias", "vit.embeddings.patch_embeddings.projection.bias"),
+    ("encoder.norm.weight", "vit.layernorm.weight"),
+    ("encoder.norm.bias", "vit.layernorm.bias"),
+] + [(f"decoder.{k}", f"decoder.{k}") for k in (
+    "mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias", "decoder_norm.weight",
+    "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias")]
 
 
 def _check_act(cfg):
@@ -23,19 +35,10 @@ def vitmae_from_hf(hf):
                 mlp_ratio=cfg.intermediate_size / cfg.hidden_size, norm_pix_loss=cfg.norm_pix_loss,
                 mask_ratio=cfg.mask_ratio, norm_eps=cfg.layer_norm_eps)
     sd = normalize_hf_keys(hf.state_dict())
-    out = {
-        "encoder.cls_token": sd["vit.embeddings.cls_token"],
-        "encoder.pos_embed": sd["vit.embeddings.position_embeddings"],
-        "encoder.patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
-        "encoder.patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
-        "encoder.norm.weight": sd["vit.layernorm.weight"],
-        "encoder.norm.bias": sd["vit.layernorm.bias"],
-    }
+    out: dict = {}
+    copy_keys(sd, _KEYS, out, to_hf=False)
     for i in range(cfg.num_hidden_layers):
         hf_layer_to_timm(sd, f"vit.layers.{i}", f"encoder.blocks.{i}", out)
-    for k in ("mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias",
-              "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
-        out[f"decoder.{k}"] = sd[f"decoder.{k}"]
     for i in range(cfg.decoder_num_hidden_layers):
         hf_layer_to_timm(sd, f"decoder.decoder_layers.{i}", f"decoder.decoder_blocks.{i}", out)
     load_exact(model, out, "ViTMAEForPreTraining -> mimkit MAE")
@@ -71,19 +74,10 @@ def vitmae_to_hf(model):
     )
     hf = ViTMAEForPreTraining(cfg)
     sd = model.state_dict()
-    out = {
-        "vit.embeddings.cls_token": sd["encoder.cls_token"],
-        "vit.embeddings.position_embeddings": sd["encoder.pos_embed"],
-        "vit.embeddings.patch_embeddings.projection.weight": sd["encoder.patch_embed.proj.weight"],
-        "vit.embeddings.patch_embeddings.projection.bias": sd["encoder.patch_embed.proj.bias"],
-        "vit.layernorm.weight": sd["encoder.norm.weight"],
-        "vit.layernorm.bias": sd["encoder.norm.bias"],
-    }
+    out: dict = {}
+    copy_keys(sd, _KEYS, out, to_hf=True)
     for i in range(kw["depth"]):
         timm_block_to_hf(sd, f"encoder.blocks.{i}", f"vit.layers.{i}", out)
-    for k in ("mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias",
-              "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
-        out[f"decoder.{k}"] = sd[f"decoder.{k}"]
     for i in range(kw["decoder_depth"]):
         timm_block_to_hf(sd, f"decoder.decoder_blocks.{i}", f"decoder.decoder_layers.{i}", out)
     load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit MAE -> ViTMAEForPreTraining")

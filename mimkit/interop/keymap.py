@@ -77,3 +77,11 @@ def load_exact(module: torch.nn.Module, sd: dict, what: str) -> None:
         if own[k].shape != v.shape:
             raise ValueError(f"{what}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
     module.load_state_dict(sd, strict=True)
+
+
+def copy_keys(sd: dict, pairs, out: dict, to_hf: bool) -> None:
+    """Copy the tensors named by ``(mimkit_key, hf_key)`` pairs: mimkit -> transformers when
+    ``to_hf``, else transformers -> mimkit. One table per family serves both directions."""
+    for ours, theirs in pairs:
+        src, dst = (ours, theirs) if to_hf else (theirs, ours)
+        out[dst] = sd[src]
