@@ -110,6 +110,35 @@ def save_curve(xs, ys_by_name: dict, path, xlabel="step", ylabel="loss", title=N
     return Path(path)
 
 
+def save_panels(series: dict, path, xlabel="step", title=None, hlines: dict | None = None):
+    """One small line plot per series (``name -> (x, y)``), so metrics of different scales (an
+    accuracy in [0, 1] beside images/s) each keep a readable axis. ``hlines`` maps a series name to
+    ``{label: value}`` dashed reference lines drawn in that panel."""
+    plt = _plt()
+    names = list(series)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        x, y = series[name]
+        ax.plot(x, y)
+        for label, v in ((hlines or {}).get(name) or {}).items():
+            ax.axhline(v, linestyle="--", linewidth=1, color="grey")
+            ax.annotate(label, (ax.get_xlim()[0], v), fontsize=7, color="grey", va="bottom")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def _show(ax, img: torch.Tensor) -> None:
     """(C, H, W) in [0, 1] -> axis image (grey for one channel)."""
     if img.shape[0] == 1:

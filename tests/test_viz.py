@@ -151,3 +151,16 @@ def test_cli_visualize(tmp_path, files, capsys):
                  "--what", "attention", "--out", str(tmp_path / "v4")]) == 2
     assert "no cls token" in capsys.readouterr().err
     assert main(["visualize", "--checkpoint", str(tmp_path / "mae"), "--images", str(tmp_path / "missing.png")]) == 2
+
+
+def test_metrics_panels_one_per_metric(tmp_path):
+    """An accuracy in [0, 1] and images/s get separate panels (3 per row), each with its own axis."""
+    from mimkit.viz import save_panels
+
+    steps = [0.0, 10.0, 20.0]
+    series = {"mask_acc": (steps, [0.01, 0.2, 0.3]), "images_per_s": (steps, [400.0, 480.0, 470.0])}
+    p = save_panels(series, tmp_path / "m.png", hlines={"mask_acc": {"chance": 1 / 512}})
+    assert Image.open(p).size == (2 * 400, 300)
+    series["perplexity"] = (steps, [5.0, 50.0, 90.0])
+    series["psnr"] = (steps, [8.0, 12.0, 14.0])
+    assert Image.open(save_panels(series, tmp_path / "m4.png")).size == (3 * 400, 2 * 300)

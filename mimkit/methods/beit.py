@@ -171,10 +171,14 @@ class BEiT(MIMModel):
         order (the ``transformers`` convention); default: the tokenizer's ids of the second view.
         Returns ``pred`` = logits (M, vocab) of the hidden patches (``mask`` order)."""
         self.check_input(images)
+        user_mask = mask is not None or noise is not None
         mask = self.make_mask(images, noise, mask)
-        if not mask.any():
+        # Data-dependent checks need a host sync, so they run only on what the caller supplied: the
+        # block masking always hides patches and the tokenizer's ids always lie in its vocabulary.
+        if user_mask and not mask.any():
             raise ValueError("the mask hides no patch; BEiT's loss is computed on hidden patches only")
         n, L = mask.shape
+        user_labels = labels is not None
         if labels is None:
             labels = self.tokenize(images, tokenizer_images)
         labels = labels.to(images.device).long()
@@ -185,8 +189,8 @@ class BEiT(MIMModel):
         else:
             raise ValueError(f"labels must be (batch, num_patches) = {(n, L)} ids or one id per hidden patch "
                              f"({int(mask.sum())}), got shape {tuple(labels.shape)}")
-        if target.numel() and (target.min() < 0 or target.max() >= self.vocab_size):
-            raise ValueError(f"label ids must lie in [0, {self.vocab_size}); got [{int(target.min())}, {int(target.max())}]")
+        if user_labels and target.numel():
+            self.check_label_range(target)
         enc = self.encoder(images, mask=mask, output_attentions=output_attentions)
         logits = self.head(enc.last_hidden_state[:, 1:][mask])
         loss = masked_cross_entropy(logits, target)
@@ -194,6 +198,17 @@ class BEiT(MIMModel):
         if output_attentions:
             extra["attentions"] = enc.attentions
         return MIMOutput(loss=loss, pred=logits, mask=mask.float(), extra=extra)
+
+    def check_label_range(self, target: torch.Tensor) -> None:
+        """Ids outside the vocabulary: a clear error on CPU; on an accelerator an asynchronous device
+        assert (no host sync per step)."""
+        if target.device.type == "cpu":
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"label ids must lie in [0, {self.vocab_size}); got [{lo}, {hi}]")
+        else:
+            torch._assert_async((target >= 0).all() & (target < self.vocab_size).all(),
+                                f"BEiT label ids must lie in [0, {self.vocab_size})")
 
     @torch.no_grad()
     def token_logits(self, images, mask=None) -> torch.Tensor:

@@ -117,7 +117,7 @@ class FinalArtifacts(L.Callback):
         self.write_curve(trainer)
 
     def write_curve(self, trainer):
-        from ..viz import save_curve
+        from ..viz import save_curve, save_panels
 
         for lg in trainer.loggers:
             if isinstance(lg, L.pytorch.loggers.CSVLogger):
@@ -131,8 +131,7 @@ class FinalArtifacts(L.Callback):
                     extra = {k.split("/", 1)[-1]: v for k, v in m.items()
                              if k.startswith("train/") and k not in ("train/loss", "train/lr")}
                     if extra:
-                        save_curve(None, extra, self.run_dir / "metrics_curve.png", ylabel="value",
-                                   title="logged metrics")
+                        save_panels(extra, self.run_dir / "metrics_curve.png", title="logged training metrics")
 
 
 class Throughput(L.Callback):
