@@ -312,3 +312,21 @@ def test_timm_encoder_through_from_timm_and_cli(image_folder, tmp_path):
     assert main(["eval", "knn", "--checkpoint", f"timm:{tmp_path / 'timm'}", "--data", str(image_folder), "--out",
                  str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["feature_dim"] == 32
+
+
+@pytest.mark.parametrize("chans,size", [(1, 28), (3, 32)])
+def test_pretransform_equals_per_item_transform(chans, size):
+    """Fashion-MNIST evaluation images are transformed once in batches; each item must equal the
+    per-item transform (resize, crop, scale, normalise, grey -> RGB)."""
+    from mimkit.data import FMNIST_MEAN, FMNIST_STD
+    from mimkit.eval.data import _transform, pretransform
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (37, 28, 28), generator=g, dtype=torch.uint8)
+    mean, std = list(FMNIST_MEAN) * chans, list(FMNIST_STD) * chans
+    tf = _transform(size, mean, std, False, (0.2, 1.0), True, chans, gray_source=True)
+    ready = pretransform(images, tf, chans, size, chunk=10)
+    assert ready.shape == (37, chans, size, size) and ready.dtype == torch.float32
+    for i in (0, 9, 10, 36):
+        torch.testing.assert_close(ready[i], tf(images[i].unsqueeze(0)), atol=1e-6, rtol=0)
+    assert pretransform(images, tf, chans, size, max_bytes=1000) is None  # too big: stay lazy

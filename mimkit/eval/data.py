@@ -54,7 +54,8 @@ class _ToChannels(torch.nn.Module):
         self.chans = chans
 
     def forward(self, x):
-        return x.expand(self.chans, *x.shape[1:]) if x.shape[0] == 1 and self.chans > 1 else x
+        # (C, H, W) or a batch (N, C, H, W)
+        return x.expand(*x.shape[:-3], self.chans, *x.shape[-2:]) if x.shape[-3] == 1 and self.chans > 1 else x
 
 
 def _transform(img_size, mean, std, train: bool, crop_scale, hflip, chans, gray_source):
@@ -66,6 +67,19 @@ def _transform(img_size, mean, std, train: bool, crop_scale, hflip, chans, gray_
     if gray_source and chans > 1:
         tf = v2.Compose([_ToChannels(chans), tf])
     return tf
+
+
+def pretransform(images: torch.Tensor, tf, chans: int, size: int, max_bytes: int = 1 << 30,
+                 chunk: int = 4096) -> torch.Tensor | None:
+    """The deterministic evaluation transform applied once, in batches, to in-memory uint8 images
+    (N, H, W): the float tensors it would give item by item, without a Python call per image (which
+    dominates feature extraction for small models). None when the result would exceed ``max_bytes``
+    (then items are transformed on the fly)."""
+    n = len(images)
+    if n * chans * size * size * 4 > max_bytes:
+        return None
+    x = images.unsqueeze(1) if images.ndim == 3 else images
+    return torch.cat([tf(x[i:i + chunk]) for i in range(0, n, chunk)]).contiguous()
 
 
 def folder_split(root, split: str) -> Path:
@@ -98,6 +112,10 @@ def eval_dataset(data: str, split: str, model, *, train_aug: bool = False, limit
         if limit:
             images, labels = images[: int(limit)], labels[: int(limit)]
         tf = _transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=True)
+        if not train_aug:
+            ready = pretransform(images, tf, chans, size)
+            if ready is not None:
+                return TensorImages(ready, labels), list(FMNIST_CLASSES)
         return TensorImages(images, labels, tf), list(FMNIST_CLASSES)
     path = Path(data)
     if not path.is_dir():
