@@ -20,13 +20,7 @@ TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decod
 FMNIST = [*TINY, "data.limit=64", "data.batch_size=16", "trainer.max_epochs=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train several times faster on one thread on this shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(capsys, *args):

@@ -22,13 +22,7 @@ TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decod
         "optim.blr=0.05", "optim.warmup_epochs=0.5"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train several times faster on one thread on this shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

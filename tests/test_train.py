@@ -22,12 +22,7 @@ TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decod
 SMALL = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _module(optim=None, batch=32, accumulate=1, world=1):

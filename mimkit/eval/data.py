@@ -72,10 +72,9 @@ def _transform(img_size, mean, std, train: bool, crop_scale, hflip, chans, gray_
 def pretransform(images: torch.Tensor, tf, chans: int, size: int, max_bytes: int = 1 << 30,
                  chunk: int = 4096) -> torch.Tensor | None:
     """The deterministic evaluation transform applied once, in batches, to in-memory uint8 images
-    (N, H, W): the float tensors it would give item by item, without a transform call per image
-    (0.13 ms each: 9 s of every 70k-image Fashion-MNIST pass, about 7% of feature extraction with
-    the tiny ViT on 2 CPU cores; 0.6 s in batches). None when the result would exceed ``max_bytes``
-    (then items are transformed on the fly)."""
+    (N, H, W): the float tensors it would give item by item, without a Python transform call per
+    image on every feature pass. None when the result would exceed ``max_bytes`` (then items are
+    transformed on the fly)."""
     n = len(images)
     if n * chans * size * size * 4 > max_bytes:
         return None
