@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="*", default=[], help="other recipes to pretrain and evaluate the same way, "
                                                             "e.g. simmim_vit_tiny_patch4_28")
     p.add_argument("--methods-finetune", action="store_true", help="also fine-tune the --methods encoders")
+    p.add_argument("--method-checkpoints", nargs="*", default=[], metavar="METHOD=DIR",
+                   help="reuse pretrained --methods encoders instead of pretraining them, e.g. "
+                        "simmim=results/methods/fmnist_quality_runs/simmim (run directory or model dir)")
     p.add_argument("--tokenizer", help="BEiT: a trained tokenizer (run dir / model dir) to reuse")
     p.add_argument("--tokenizer-config", default="configs/dvae_tiny_28.yaml",
                    help="BEiT: tokenizer config to train when --tokenizer is not given")
@@ -412,11 +415,21 @@ def main(argv=None) -> int:
 
     # ---- other methods ----------------------------------------------------------------------
     results["methods"] = []
+    reused = {}
+    for item in args.method_checkpoints:
+        key, sep, path = item.partition("=")
+        if not sep or not Path(path).exists():
+            raise SystemExit(f"--method-checkpoints takes METHOD=DIR with an existing DIR, got {item!r}")
+        reused[key] = Path(path)
     for recipe in args.methods:
         key = method_key(recipe)
-        with clock(f"{key}: pretraining + evaluation"):
+        reuse = reused.get(key)
+        with clock(f"{key}: {'evaluation of ' + str(reuse) if reuse else 'pretraining + evaluation'}"):
             extra = []
-            if key == "beit":
+            if reuse:
+                rd = reuse
+                m = mimkit.load(rd / "model" if (rd / "model" / "config.json").exists() else rd)
+            elif key == "beit":
                 tok = args.tokenizer or train_tokenizer(args, work / "tokenizer", results)
                 if tok is None:
                     results[key] = {"skipped": "BEiT needs a tokenizer: pass --tokenizer RUN, or provide "
@@ -424,11 +437,13 @@ def main(argv=None) -> int:
                     print("   " + results[key]["skipped"])
                     continue
                 extra = [f"model.tokenizer_path={tok}"]
-            rd = pretrain(recipe, args.pretrain_epochs, work / key, args, extra)
-            m = mimkit.load(rd / "model")
+            if not reuse:
+                rd = pretrain(recipe, args.pretrain_epochs, work / key, args, extra)
+                m = mimkit.load(rd / "model")
             r = frozen_evals(m, train, test, args)
             results[key] = {**pick(r, args.pool), "details": r, "recipe": recipe,
-                            "pretrain_epochs": args.pretrain_epochs, **results.get(key, {})}
+                            "pretrain_epochs": f"reused {reuse}" if reuse else args.pretrain_epochs,
+                            **results.get(key, {})}
             print(f"   20-NN {results[key]['knn']:.4f}, linear {results[key]['linear']:.4f}")
             if args.methods_finetune and "finetune" not in args.skip:
                 ft = run_finetune(m, train_aug, test, args, args.layer_decay, work / f"{key}_finetune")

@@ -15,7 +15,8 @@ workers would), so the figure is the model's training step, not the input pipeli
 Each run is a separate subprocess (clean memory peak, no compile cache sharing). Reported: images/s,
 model FLOP/s utilisation (FLOPs of one step counted by torch's FlopCounterMode over the measured step
 time, against the GPU's dense bf16 peak; on CPU, achieved GFLOP/s), and peak memory (CUDA allocator peak,
-or the process's peak RSS on CPU). Prints a table and writes JSON.
+or on CPU the growth of the process's resident memory during training, peak minus the RSS
+before the first step, freed heap returned to the OS first). Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -132,6 +133,24 @@ def count_flops(model, batch) -> float:
     return float(fc.get_total_flops())
 
 
+def reset_peak_rss() -> float:
+    """Return freed heap to the OS and restart the process's peak-RSS count (Linux: VmHWM), so the peak
+    covers training, not model building (mimkit's model is converted from a transformers copy, and
+    glibc keeps freed memory mapped). Returns the RSS (MiB) at the restart."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    with open("/proc/self/status") as f:
+        return next((int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:")), float("nan"))
+
+
 def peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -155,14 +174,9 @@ def worker(spec: dict) -> dict:
     hf = hf_model(spec["method"], spec["size"])
     if spec["impl"] == "mimkit":
         model = from_hf(hf)
-        if spec["method"] == "mae":  # mimkit's MAE takes the batch dict too; noise drawn inside
-            pass
+        del hf
     else:
         model = PeerAdapter.wrap(hf, spec["method"])
-    del_hf = spec["impl"] == "mimkit"
-    if del_hf:
-        del hf
-    c = model.hf.config if spec["impl"] != "mimkit" else None
     size, patch = (224, 16) if spec["size"] == "base" else (32, 4)
     batches = make_batches(spec["method"], (size, patch, 3), spec["batch"], device)
     if spec["method"] == "mae":
@@ -170,11 +184,12 @@ def worker(spec: dict) -> dict:
             b.pop("mask", None)
     model = model.to(device)
     flops = count_flops(model, batches[0])
-    del c
+    rss_before = reset_peak_rss() if device.type == "cpu" else None
 
     optim = {"lr": 1e-4, "blr": 1.5e-4, "lr_batch_base": 256, "min_lr": 0.0, "weight_decay": 0.05,
              "betas": [0.9, 0.95], "warmup_epochs": 0.0, "fused": None}
     module = MIMModule(None, optim, spec["batch"], model=model)
+    module.tune_cpu_malloc = spec.get("malloc_tuning", True)  # mimkit pretrain's default; same for both
     if spec["mode"] == "compiled":
         module.compile_model()
 
@@ -218,7 +233,8 @@ def worker(spec: dict) -> dict:
         res.update(device_name=name, peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
                    mfu=(flops / dt / peak) if peak else None)
     else:
-        res.update(device_name="cpu", peak_rss_mib=peak_rss_mb(), mfu=None)
+        peak = peak_rss_mb()
+        res.update(device_name="cpu", peak_rss_mib=peak, train_rss_mib=peak - rss_before, mfu=None)
     return res
 
 
@@ -233,7 +249,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30 GPU, 10 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU / 3 CPU; "
                                                               "compiled runs add the compile time here)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs of each (impl, method, mode), the impl order alternating between repeats; the "
+                         "median is reported with the range (default 1 on GPU, 3 on CPU, where a shared "
+                         "machine's speed drifts by tens of percent between processes)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="CPU: leave glibc malloc as it is (mimkit pretrain tunes it; see mimkit.train.allocator)")
     ap.add_argument("--out", default="throughput.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -249,13 +271,15 @@ def main() -> int:
     batch = args.batch or (256 if gpu else 64)
     steps = args.steps or (30 if gpu else 10)
     warmup = args.warmup or (10 if gpu else 3)
+    repeats = max(1, args.repeats or (1 if gpu else 3))
     results = []
-    runs = [(m, mode, impl) for m in args.methods.split(",") for mode in args.modes.split(",")
-            for impl in args.impls.split(",")]
-    for i, (method, mode, impl) in enumerate(runs, 1):
+    impls = args.impls.split(",")
+    runs = [(m, mode, impl, r) for m in args.methods.split(",") for mode in args.modes.split(",")
+            for r in range(repeats) for impl in (impls if r % 2 == 0 else impls[::-1])]
+    for i, (method, mode, impl, rep) in enumerate(runs, 1):
         spec = dict(method=method, mode=mode, impl=impl, device=device, size=size, batch=batch, steps=steps,
-                    warmup=warmup, threads=args.threads)
-        print(f"[{i}/{len(runs)}] {impl:12s} {method:7s} {mode:8s} ...", end=" ", flush=True)
+                    warmup=warmup, threads=args.threads, repeat=rep, malloc_tuning=not args.no_malloc_tuning)
+        print(f"[{i}/{len(runs)}] {impl:12s} {method:7s} {mode:8s} #{rep + 1} ...", end=" ", flush=True)
         t0 = time.time()
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -269,16 +293,23 @@ def main() -> int:
         print(f"{r['images_per_s']:9.1f} img/s  ({time.time() - t0:.0f} s)")
 
     def get(impl, method, mode):
-        return next((r for r in results if r["impl"] == impl and r["method"] == method and r["mode"] == mode
-                     and "error" not in r), None)
+        """The median run (by images/s) of the repeats, with ``ips_range`` = (min, max)."""
+        ok = sorted((r for r in results if r["impl"] == impl and r["method"] == method and r["mode"] == mode
+                     and "error" not in r), key=lambda r: r["images_per_s"])
+        if not ok:
+            return None
+        return {**ok[(len(ok) - 1) // 2], "ips_range": (ok[0]["images_per_s"], ok[-1]["images_per_s"]),
+                "n": len(ok)}
 
     dev_name = next((r.get("device_name") for r in results if "device_name" in r), device)
     print(f"\nTraining throughput on {dev_name}, {size} config, batch {batch}, "
-          f"{'bf16 autocast, fused AdamW' if gpu else 'fp32'}; {steps} timed steps")
-    mem_key = "peak_mem_gib" if gpu else "peak_rss_mib"
+          f"{'bf16 autocast, fused AdamW' if gpu else 'fp32'}; {steps} timed steps"
+          + (f"; median of {repeats} runs each (range in brackets), impl order alternating" if repeats > 1 else "")
+          + ("" if gpu else f"; glibc malloc {'untuned' if args.no_malloc_tuning else 'tuned (trainer.tune_cpu_malloc)'}"))
+    mem_key = "peak_mem_gib" if gpu else "train_rss_mib"
     hdr = f"| method | mode | mimkit img/s | transformers img/s | speed-up | mimkit {'MFU' if gpu else 'TFLOP/s'} | " \
-          f"transformers {'MFU' if gpu else 'TFLOP/s'} | mimkit peak {'GiB' if gpu else 'RSS MiB'} | " \
-          f"transformers peak |" + (" SPEC.md H100 peer img/s |" if gpu else "")
+          f"transformers {'MFU' if gpu else 'TFLOP/s'} | mimkit {'peak GiB' if gpu else 'RSS growth MiB'} | " \
+          f"transformers {'peak' if gpu else 'RSS growth'} |" + (" SPEC.md H100 peer img/s |" if gpu else "")
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     for method in args.methods.split(","):
@@ -286,15 +317,21 @@ def main() -> int:
             a, b = get("mimkit", method, mode), get("transformers", method, mode)
             fmt = (lambda r: f"{r['mfu'] * 100:.1f}%" if r and r.get("mfu") else "-") if gpu else \
                 (lambda r: f"{r['achieved_tflops']:.3f}" if r else "-")
-            ips = lambda r: f"{r['images_per_s']:.1f}" if r else "failed"
-            mem = lambda r: f"{r[mem_key]:.2f}" if r and r.get(mem_key) is not None else "-"
+            ips = lambda r: ("failed" if not r else f"{r['images_per_s']:.1f}" + (
+                f" [{r['ips_range'][0]:.1f}-{r['ips_range'][1]:.1f}]" if r["n"] > 1 else ""))
+            mem = lambda r: f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
             sp = f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"
             row = f"| {method} | {mode} | {ips(a)} | {ips(b)} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
             if gpu:
                 row += f" {SPEC_PEERS_H100.get(method, {}).get(mode, '-')} |"
             print(row)
     with open(args.out, "w") as f:
-        json.dump({"device": dev_name, "size": size, "batch": batch, "steps": steps, "results": results,
+        summary = [{"method": m, "mode": mode, **{f"{impl}_images_per_s": (get(impl, m, mode) or {}).get("images_per_s")
+                                                   for impl in impls}}
+                   for m in args.methods.split(",") for mode in args.modes.split(",")]
+        json.dump({"device": dev_name, "size": size, "batch": batch, "steps": steps, "repeats": repeats,
+                   "malloc_tuning": not args.no_malloc_tuning,
+                   "median": summary, "results": results,
                    "spec_h100_peers": SPEC_PEERS_H100}, f, indent=2)
     print(f"\nwrote {args.out}")
     return 0

@@ -218,6 +218,36 @@ def test_max_time_stops_with_a_checkpoint(tmp_path):
     assert os.environ.get("MIMKIT_RUN_DIR") is None
 
 
+def test_fused_optimizer_skips_a_non_finite_step_and_reports_it_one_step_later():
+    """Fused AdamW (the CUDA default) gets the finiteness flag as ``found_inf``: the bad update is skipped
+    inside the kernel, with no host read that step; the error comes at the next check."""
+    from mimkit.train.module import NonFiniteLossError
+
+    m = _module()
+    m._trainer = SimpleNamespace(world_size=1, global_step=3, current_epoch=1,
+                                 fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)))
+    params = [p for p in m.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.1, fused=True)
+
+    def step(loss, grad):
+        for p in params:
+            p.grad = torch.full_like(p, grad)
+        m._step_losses = [torch.tensor(loss)]
+        m.on_before_optimizer_step(opt)
+        opt.step()
+
+    before = [p.detach().clone() for p in params]
+    step(float("nan"), float("nan"))  # no error yet: the flag has not been read
+    assert all(torch.equal(a, p) for a, p in zip(before, params))  # ...but the update was skipped
+    assert all(int(s["step"]) == 0 for s in opt.state.values())
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3 \(epoch 1\)"):
+        m.on_save_checkpoint({})  # before any checkpoint is written
+    m.on_save_checkpoint({})  # reported once
+    step(0.5, 1.0)  # a finite step updates as usual
+    assert not any(torch.equal(a, p) for a, p in zip(before, params) if p.ndim > 1)
+    m.raise_if_non_finite()
+
+
 def test_non_finite_loss_on_another_process_stops_this_one_too():
     from mimkit.train.module import NonFiniteLossError
 
@@ -241,3 +271,31 @@ def test_non_finite_loss_on_another_process_stops_this_one_too():
         m.on_before_optimizer_step(None)
     m._step_losses = [torch.tensor(0.5)]
     m.on_before_optimizer_step(None)  # finite: nothing happens
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_cpu_training_tunes_the_allocator_unless_told_not_to(tmp_path, monkeypatch, tune):
+    import mimkit.train.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    run_pretrain(load_config(None, [*TINY, "data.batch_size=8", "trainer.max_steps=1", "trainer.max_epochs=1",
+                                    f"trainer.tune_cpu_malloc={str(tune).lower()}", f"run.dir={tmp_path / 'r'}"]))
+    assert calls == ([1] if tune else [])
+
+
+def test_allocator_tuning_applies_on_glibc_and_only_once():
+    import ctypes
+    import sys
+
+    import mimkit.train.allocator as allocator
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("not Linux")
+    assert allocator.tune_cpu_allocator() is True
+    assert allocator.tune_cpu_allocator() is True  # idempotent
+    assert torch.ones(8 << 20).sum() == 8 << 20  # 32 MiB allocations still work after the change

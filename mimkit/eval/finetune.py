@@ -56,6 +56,12 @@ class FinetuneModule(L.LightningModule):
     def forward(self, images):
         return self.classifier(images)
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            from ..train.allocator import tune_cpu_allocator
+
+            tune_cpu_allocator()  # activation memory reused, not page-faulted in every step
+
     def configure_optimizers(self):
         groups = layer_decay_param_groups(self.classifier, self.weight_decay, self.layer_decay)
         for g in groups:

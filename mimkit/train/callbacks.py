@@ -108,6 +108,9 @@ class FinalArtifacts(L.Callback):
         self.run_dir = Path(run_dir)
 
     def on_train_end(self, trainer, pl_module):
+        check = getattr(pl_module, "raise_if_non_finite", None)
+        if check is not None:  # a deferred NaN check (fused optimiser) of the last step: no model then
+            check()
         # every process takes part: under FSDP, gathering the full state dict is a collective
         sd = trainer.strategy.lightning_module_state_dict()
         if not trainer.is_global_zero:

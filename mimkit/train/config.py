@@ -52,6 +52,7 @@ DEFAULTS: dict = {
         "compile": False,
         "limit_train_batches": None,
         "enable_progress_bar": True,
+        "tune_cpu_malloc": True,  # CPU: let glibc reuse activation memory (mimkit.train.allocator)
     },
     "run": {
         "dir": None,  # default runs/<recipe>-<timestamp>

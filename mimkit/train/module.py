@@ -116,6 +116,13 @@ class MIMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     device_augment = None  # set by run_pretrain for data.decode_on_device
+    tune_cpu_malloc = True  # trainer.tune_cpu_malloc: see mimkit.train.allocator
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu" and self.tune_cpu_malloc:
+            from .allocator import tune_cpu_allocator
+
+            tune_cpu_allocator()
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
         """Encoded files (``data.decode_on_device``) are decoded and augmented straight onto the device."""
@@ -146,23 +153,67 @@ class MIMModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Stop before the update when any loss since the last step is NaN/inf (on any rank): the
-        weights and every checkpoint on disk stay the last good ones."""
+        """Never apply an update from a NaN/inf loss (on any rank): the weights and every checkpoint on
+        disk stay the last good ones, and training stops with :class:`NonFiniteLossError`.
+
+        With a plain optimiser the check reads the losses on the host (one sync per optimiser step).
+        With a fused one (``optim.fused``, the default on CUDA) it costs no sync: the finiteness flag
+        goes to the fused kernel as ``found_inf`` (the step skips itself, as under a GradScaler) and is
+        read on the host one step later, before any checkpoint is written and at the end of training."""
+        self.raise_if_non_finite()
         losses, self._step_losses = self._step_losses, []
         if not losses:
             return
         vals = torch.stack(losses)
+        distributed = self.trainer.world_size > 1
+        if all(g.get("fused") for g in getattr(optimizer, "param_groups", [{}])):
+            bad = (~torch.isfinite(vals).all()).float()
+            if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            optimizer.found_inf = bad
+            host = bad.to("cpu", non_blocking=True) if bad.is_cuda else bad
+            event = None
+            if bad.is_cuda:
+                event = torch.cuda.Event()
+                event.record()
+            self._pending_check = (host, event, vals, self.global_step, self.current_epoch)
+            return
         ok = bool(torch.isfinite(vals).all())  # one host sync per optimiser step
-        if self.trainer.world_size > 1:
+        if distributed:
             ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
         if not ok:
-            bad = [float(v) for v in vals if not math.isfinite(float(v))]
-            what = f"loss became {bad[0]}" if bad else "the loss became non-finite on another process"
-            raise NonFiniteLossError(
-                f"{what} at step {self.global_step} (epoch {self.current_epoch}): training stopped before the "
-                "update, the last good checkpoint is kept. Lower optim.blr/optim.lr, set "
-                "trainer.gradient_clip_val, or use trainer.precision=32-true; then resume with "
-                "--resume <run>/checkpoints/last.ckpt.")
+            self._raise_non_finite(vals, self.global_step, self.current_epoch)
+
+    _pending_check = None
+
+    def raise_if_non_finite(self) -> None:
+        """Read the flag of the last deferred check (fused optimisers) and stop if it was set."""
+        pending, self._pending_check = self._pending_check, None
+        if pending is None:
+            return
+        host, event, vals, step, epoch = pending
+        if event is not None:
+            event.synchronize()  # waits for that step only; later steps stay queued on the device
+        if float(host):
+            self._raise_non_finite(vals, step, epoch)
+
+    def _raise_non_finite(self, vals, step, epoch):
+        bad = [float(v) for v in vals if not math.isfinite(float(v))]
+        what = f"loss became {bad[0]}" if bad else "the loss became non-finite on another process"
+        raise NonFiniteLossError(
+            f"{what} at step {step} (epoch {epoch}): training stopped before the "
+            "update, the last good checkpoint is kept. Lower optim.blr/optim.lr, set "
+            "trainer.gradient_clip_val, or use trainer.precision=32-true; then resume with "
+            "--resume <run>/checkpoints/last.ckpt.")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_non_finite()  # no checkpoint after a skipped non-finite step
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_non_finite()
+
+    def on_train_end(self) -> None:
+        self.raise_if_non_finite()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another model with a clear message (before Lightning loads weights)."""

@@ -266,6 +266,7 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=()) -> Path:
     model_config = {"recipe": recipe, **kw}
     d = cfg["data"]
     module = MIMModule(model_config, cfg["optim"], int(d["batch_size"]), seed=seed)
+    module.tune_cpu_malloc = bool(cfg["trainer"].get("tune_cpu_malloc", True))
     _check_compat(module.model, d)
     strategy = build_strategy(cfg, module.model)
 
