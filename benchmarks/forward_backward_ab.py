@@ -28,7 +28,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc untuned (mimkit pretrain tunes it)")
     args = ap.parse_args()
+    if not args.no_malloc_tuning:
+        from mimkit.train.allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()  # as `mimkit pretrain` does on CPU; the same for both models
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     hf = hf_model(args.method, "tiny")

@@ -12,7 +12,8 @@ from the peer with `mimkit.interop.hf.from_hf`, so both have identical shapes an
 Inputs are synthetic device-resident batches (masks and BEiT labels pre-drawn per batch, as data
 workers would), so the figure is the model's training step, not the input pipeline.
 
-Each run is a separate subprocess (clean memory peak, no compile cache sharing). Reported: images/s,
+Each run is a separate subprocess (clean memory peak); on CPU each is repeated (``--repeats``) and the
+median reported, with the range. Reported: images/s,
 model FLOP/s utilisation (FLOPs of one step counted by torch's FlopCounterMode over the measured step
 time, against the GPU's dense bf16 peak; on CPU, achieved GFLOP/s), and peak memory (CUDA allocator peak,
 or on CPU the growth of the process's resident memory during training, peak minus the RSS

@@ -2,9 +2,8 @@
 
 glibc's malloc serves every allocation above its mmap threshold with fresh pages from ``mmap`` and
 trims freed heap back to the kernel, so each training step on CPU page-faults its activations in
-again: measured here, a tiny ViT's forward + backward took a third of a million minor page faults
-more per run, and SimMIM's step ran 12-22% slower (``benchmarks/throughput.py --no-malloc-tuning``
-prints the untuned figures beside the tuned ones). Raising the threshold to glibc's maximum (32 MiB)
+again. Measured here (2 CPU cores, tiny SimMIM, see the README's Speed section) the training step
+ran 6-13% faster with the settings below. Raising the threshold to glibc's maximum (32 MiB)
 and stopping the trim lets the allocator reuse those pages, which is what the usual jemalloc/tcmalloc
 ``LD_PRELOAD`` advice for PyTorch on CPU achieves, without a preload. The cost: the process keeps its
 training peak resident instead of returning memory between steps.
