@@ -278,17 +278,41 @@ def test_cpu_training_tunes_the_allocator_unless_told_not_to(tmp_path, monkeypat
     import mimkit.train.allocator as allocator
 
     calls = []
-    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda device=None: calls.append(str(device)) or True)
     run_pretrain(load_config(None, [*TINY, "data.batch_size=8", "trainer.max_steps=1", "trainer.max_epochs=1",
                                     f"trainer.tune_cpu_malloc={str(tune).lower()}", f"run.dir={tmp_path / 'r'}"]))
-    assert calls == ([1] if tune else [])
+    assert calls == (["cpu"] if tune else [])
 
 
-def test_allocator_tuning_applies_on_glibc_and_only_once():
+ALLOC_PROBE = """
+import ctypes, sys
+sys.path.insert(0, {root!r})
+if sys.argv[1] == "tuned":
+    from mimkit.train.allocator import tune_cpu_allocator
+    assert tune_cpu_allocator("cpu") and not tune_cpu_allocator("cuda")
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+faults = lambda: int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[7])
+n = 20 << 20  # two activation-sized blocks a step, as a training step allocates and frees them
+for step in range(6):
+    if step == 2:
+        f0 = faults()
+    a, b = libc.malloc(n), libc.malloc(n)
+    libc.memset(a, 1, n); libc.memset(b, 1, n)
+    libc.free(a); libc.free(b)
+print(faults() - f0)
+"""
+
+
+def test_allocator_tuning_stops_page_faulting_freed_memory_in_again():
+    """Freed 20 MiB blocks are reused after tuning; untouched glibc trims and page-faults them in every
+    step (what made CPU training slow). Run in fresh processes, so the test's own heap does not matter."""
     import ctypes
+    import subprocess
     import sys
-
-    import mimkit.train.allocator as allocator
+    from pathlib import Path
 
     try:
         ctypes.CDLL("libc.so.6").mallopt
@@ -296,6 +320,9 @@ def test_allocator_tuning_applies_on_glibc_and_only_once():
         pytest.skip("not glibc")
     if not sys.platform.startswith("linux"):
         pytest.skip("not Linux")
-    assert allocator.tune_cpu_allocator() is True
-    assert allocator.tune_cpu_allocator() is True  # idempotent
-    assert torch.ones(8 << 20).sum() == 8 << 20  # 32 MiB allocations still work after the change
+    code = ALLOC_PROBE.format(root=str(Path(__file__).resolve().parents[1]))
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("plain", "tuned")}
+    pages = 4 * (2 * (20 << 20) // 4096)  # the 4 measured steps' two blocks, page by page
+    assert faults["plain"] > pages // 2, faults  # the baseline really page-faults
+    assert faults["tuned"] < pages // 20, faults

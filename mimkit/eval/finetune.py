@@ -57,10 +57,9 @@ class FinetuneModule(L.LightningModule):
         return self.classifier(images)
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cpu":
-            from ..train.allocator import tune_cpu_allocator
+        from ..train.allocator import tune_cpu_allocator
 
-            tune_cpu_allocator()  # activation memory reused, not page-faulted in every step
+        tune_cpu_allocator(self.device)  # CPU: activation memory reused, not page-faulted in every step
 
     def configure_optimizers(self):
         groups = layer_decay_param_groups(self.classifier, self.weight_decay, self.layer_decay)

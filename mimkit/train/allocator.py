@@ -23,9 +23,12 @@ TRIM_THRESHOLD = 1 << 30  # give memory back only when 1 GiB lies free at the to
 _applied = False
 
 
-def tune_cpu_allocator() -> bool:
-    """Apply the settings above once per process; True when they are in effect."""
+def tune_cpu_allocator(device=None) -> bool:
+    """Apply the settings above once per process; True when they are in effect. With ``device``,
+    only when it is the CPU (a module's ``on_fit_start`` passes ``self.device``)."""
     global _applied
+    if device is not None and getattr(device, "type", device) != "cpu":
+        return False
     if _applied:
         return True
     if not sys.platform.startswith("linux"):

@@ -119,10 +119,10 @@ class MIMModule(L.LightningModule):
     tune_cpu_malloc = True  # trainer.tune_cpu_malloc: see mimkit.train.allocator
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cpu" and self.tune_cpu_malloc:
+        if self.tune_cpu_malloc:
             from .allocator import tune_cpu_allocator
 
-            tune_cpu_allocator()
+            tune_cpu_allocator(self.device)
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
         """Encoded files (``data.decode_on_device``) are decoded and augmented straight onto the device."""
