@@ -5,13 +5,19 @@ the same model fed synthetic device-resident batches.
     python benchmarks/input_pipeline.py --images 4096 --workers 8 --steps 60
 
 It writes a JPEG ImageFolder (Fashion-MNIST test images upscaled to --src-size and made RGB when the
-dataset is installed, random images otherwise) into a temporary directory, then measures training
-images/s of the same recipe three ways, all through `run_pretrain` / `MIMModule`:
+dataset is installed, random images otherwise) into a temporary directory, the same images as
+WebDataset shards (`mimkit shard`) and as a Hugging Face dataset (`save_to_disk`), then measures
+training images/s of the same recipe these ways, all through `run_pretrain` / `MIMModule`:
 
 1. synthetic: pre-made batches already on the device (the model's ceiling);
 2. image_folder: PIL decode + RandomResizedCrop/flip in `--workers` DataLoader workers (the default);
-3. image_folder + `data.decode_on_device`: workers only read bytes; nvJPEG decode and the crop/resize
-   run batched on the device (on CPU this is the same code on the CPU).
+3. decode_on_device: image_folder + `data.decode_on_device`: workers only read bytes; nvJPEG decode
+   and the crop/resize run batched on the device (on CPU this is the same code on the CPU);
+4. webdataset: the tar shards (`data.name=webdataset`), CPU decode in the workers;
+5. webdataset_on_device: the shards with `data.decode_on_device`;
+6. hf_dataset: the Hugging Face dataset (`data.name=hf_dataset`), CPU decode in the workers.
+
+    python benchmarks/input_pipeline.py --images 512 --steps 8 --warmup 2 --out /tmp/pipe.json   # quick check
 """
 from __future__ import annotations
 
@@ -51,7 +57,34 @@ def write_folder(root: Path, n: int, size: int) -> Path:
     return root, source
 
 
-def run_mode(mode: str, args, folder: Path, device: str) -> dict:
+def write_shards_and_hf(folder: Path, root: Path, per_shard: int) -> tuple[Path, Path | None]:
+    """The JPEG folder as WebDataset shards and (when `datasets` is installed) a saved HF dataset."""
+    from mimkit.data import SafeImageFolder
+    from mimkit.shards import write_shards
+
+    shards = root / "shards"
+    write_shards(folder, shards, per_shard=per_shard, progress=False)
+    try:
+        import datasets
+    except ImportError:
+        return shards, None
+    datasets.disable_progress_bars()
+    ref = SafeImageFolder(folder, None)
+    rows = {"image": [{"bytes": Path(p).read_bytes(), "path": None} for p, _ in ref.samples],
+            "label": [int(c) for _, c in ref.samples]}
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict(rows, features=feats).save_to_disk(str(root / "hf"))
+    return shards, root / "hf"
+
+
+SOURCES = {  # mode -> (data.name, data.decode_on_device)
+    "image_folder": ("image_folder", False), "decode_on_device": ("image_folder", True),
+    "webdataset": ("webdataset", False), "webdataset_on_device": ("webdataset", True),
+    "hf_dataset": ("hf_dataset", False),
+}
+
+
+def run_mode(mode: str, args, folder: Path, device: str, shards: Path | None = None, hf: Path | None = None) -> dict:
     import torch
 
     from mimkit.train.callbacks import Throughput
@@ -59,12 +92,15 @@ def run_mode(mode: str, args, folder: Path, device: str) -> dict:
     from mimkit.train.run import run_pretrain
 
     over = [f"model.name={args.recipe}", "model.in_chans=3", f"model.img_size={args.img_size}",
-            "data.name=image_folder", f"data.root={folder}", f"data.img_size={args.img_size}", "data.in_chans=3",
+            f"data.img_size={args.img_size}", "data.in_chans=3",
             f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "trainer.max_epochs=1000",
             f"trainer.max_steps={args.warmup + args.steps}", "trainer.enable_progress_bar=false",
             "run.recon_images=0", f"run.dir={tempfile.mkdtemp(prefix=f'pipe-{mode}-')}",
             "run.checkpoint_every_n_epochs=1000", f"trainer.log_every_n_steps={max(1, args.steps)}"]
-    if mode == "decode_on_device":
+    name, on_device = SOURCES[mode]
+    over += [f"data.name={name}", {"image_folder": f"data.root={folder}", "webdataset": f"data.urls={shards}",
+                                   "hf_dataset": f"data.path={hf}"}[name]]
+    if on_device:
         over.append("data.decode_on_device=true")
     timer = Throughput(every=10**9, warmup=args.warmup)
     t0 = time.time()
@@ -119,7 +155,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) if gpu else 0)
     ap.add_argument("--steps", type=int, default=50 if gpu else 20)
     ap.add_argument("--warmup", type=int, default=10 if gpu else 3)
-    ap.add_argument("--modes", default="synthetic,image_folder,decode_on_device")
+    ap.add_argument("--modes", default="synthetic,image_folder,decode_on_device,webdataset,webdataset_on_device,hf_dataset")
+    ap.add_argument("--per-shard", type=int, default=1000, help="images per tar shard (default 1000)")
     ap.add_argument("--out", default="input_pipeline.json")
     args = ap.parse_args()
     device = "cuda" if gpu else "cpu"
@@ -127,19 +164,31 @@ def main() -> int:
         t0 = time.time()
         folder, source = write_folder(Path(tmp) / "jpegs", args.images, args.src_size)
         print(f"wrote {args.images} JPEGs ({source}, {args.src_size}px) in {time.time() - t0:.0f} s", flush=True)
+        modes = args.modes.split(",")
+        unknown = [m for m in modes if m != "synthetic" and m not in SOURCES]
+        if unknown:
+            ap.error(f"unknown mode(s) {', '.join(unknown)}; choose from synthetic, {', '.join(SOURCES)}")
+        shards = hf = None
+        if any(m.startswith(("webdataset", "hf_")) for m in modes):
+            t0 = time.time()
+            shards, hf = write_shards_and_hf(folder, Path(tmp), args.per_shard)
+            print(f"wrote the shards{' and the HF dataset' if hf else ''} in {time.time() - t0:.0f} s", flush=True)
+            if hf is None and "hf_dataset" in modes:
+                print("`datasets` is not installed: no hf_dataset row (pip install 'mimkit[hf]')")
+                modes.remove("hf_dataset")
         results = []
-        for mode in args.modes.split(","):
-            r = run_synthetic(args, device) if mode == "synthetic" else run_mode(mode, args, folder, device)
+        for mode in modes:
+            r = run_synthetic(args, device) if mode == "synthetic" else run_mode(mode, args, folder, device, shards, hf)
             results.append(r)
             print(f"{mode:18s} {r['images_per_s']:9.1f} img/s", flush=True)
     name = torch.cuda.get_device_name() if gpu else "cpu"
     print(f"\n`mimkit pretrain` input pipeline on {name}: {args.recipe} at {args.img_size}px, batch {args.batch}, "
           f"{args.workers} worker(s)")
-    print("| input | images/s | share of synthetic |\n|---|---|---|")
+    print("| input | workers | images/s | share of synthetic |\n|---|---|---|---|")
     base = next((r["images_per_s"] for r in results if r["mode"] == "synthetic"), None)
     for r in results:
         share = f"{r['images_per_s'] / base * 100:.0f}%" if base else "-"
-        print(f"| {r['mode']} | {r['images_per_s']:.1f} | {share} |")
+        print(f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {share} |")
     Path(args.out).write_text(json.dumps({"device": name, "args": vars(args), "results": results}, indent=2))
     print(f"wrote {args.out}")
     return 0

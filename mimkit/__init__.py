@@ -7,7 +7,9 @@ __all__ = ["create", "list_models", "register_recipe", "MIMModel", "MIMOutput", 
 
 
 def load(path, **kwargs):
-    """Load a mimkit model from a run directory, a ``.safetensors`` file or a Lightning ``.ckpt``."""
+    """Load a mimkit model from a run directory, a ``.safetensors`` file or a Lightning ``.ckpt``.
+    A ``.ckpt`` is read with ``weights_only=True``: one holding other Python objects is refused unless
+    ``trust_checkpoint=True`` (only for files you trust: unpickling can run code)."""
     from .checkpoint import load_model
 
     return load_model(path, **kwargs)

@@ -7,11 +7,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .ops import patchify, to_2tuple, unpatchify
+from .masking import Masks, make_masks
+from .ops import patch_grid, patchify, to_2tuple, unpatchify
 
 
 @dataclass
 class EncoderOutput:
+    """``last_hidden_state``: (N, T, D) tokens after the final norm; ``hidden_states``: the input of
+    every block and the final output, when asked for; ``attentions``: (N, heads, T, T) per block."""
+
     last_hidden_state: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
@@ -21,9 +25,13 @@ class EncoderOutput:
 class MIMOutput:
     """What every method's ``forward`` returns.
 
-    loss: scalar; pred: per-patch predictions (N, L, p*p*C for pixel targets, (N, L, K) for token
-    logits / feature targets); mask: (N, L) float, 1 = hidden; extra: method-specific values that
-    are worth logging (e.g. BEiT's masked-token accuracy).
+    * ``loss``: scalar, computed on hidden positions only (the method's docstring says how).
+    * ``pred``: the method's predictions -- (N, L, p*p*C) pixels of every patch (MAE, SimMIM; MAE's in
+      normalised-patch space with ``norm_pix_loss``), (N, L, F) HOG features of every patch (MaskFeat),
+      (M, vocab) token logits of the M hidden patches in ``mask`` order (BEiT), (M, D) teacher-feature
+      predictions of the hidden tokens (data2vec 2.0, I-JEPA).
+    * ``mask``: (N, L) float, 1 = hidden (data2vec 2.0: one row per mask, N = images x masks).
+    * ``extra``: method-specific values worth logging (BEiT's masked-token accuracy, ...).
     """
 
     loss: torch.Tensor
@@ -33,10 +41,25 @@ class MIMOutput:
 
 
 class MIMModel(nn.Module):
-    """Base for methods. Subclasses set ``self.encoder``, ``patch_size``, ``in_chans``, ``img_size``
-    and implement ``forward(images, noise=None, mask=None) -> MIMOutput``."""
+    """Base for methods. A subclass sets ``self.encoder`` and ``self.masking`` (a
+    :class:`~mimkit.masking.MaskGenerator`) and implements ``forward(images, noise=None, mask=None)
+    -> MIMOutput``.
+
+    Capabilities the engine and the tools ask for (instead of method names):
+
+    * ``visible_only``: the encoder sees visible tokens only (MAE-style ``ids_keep``);
+    * ``noise_masking``: how a caller's ``noise`` is read (default: ``self.masking``);
+      :attr:`accepts_noise` says whether ``forward(images, noise=...)`` fixes the mask;
+    * ``reconstruct(images, noise=None, mask=None) -> (N, C, H, W)``: defined by pixel-target methods;
+    * ``after_optimizer_step(step, total_steps)``: defined by methods with an EMA teacher, called by the
+      engine after every optimiser step;
+    * ``frozen_parts``: submodules that never train (a tokenizer, a teacher): kept in eval mode.
+    """
 
     method: str = "mim"
+    visible_only: bool = False
+    noise_masking = None
+    frozen_parts: tuple[str, ...] = ()
 
     def __init__(self, img_size, patch_size: int, in_chans: int):
         super().__init__()
@@ -44,8 +67,17 @@ class MIMModel(nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen_parts:
+            part = getattr(self, name, None)
+            if part is not None:
+                part.eval()
+        return self
+
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
-        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        """Patch grid (h, w) of ``images``."""
+        return patch_grid(images, self.patch_size)
 
     def check_input(self, images: torch.Tensor) -> None:
         if images.ndim != 4:
@@ -62,6 +94,24 @@ class MIMModel(nn.Module):
                 f"to a multiple of {self.patch_size}"
             )
 
+    @property
+    def accepts_noise(self) -> bool:
+        """Whether ``forward(images, noise=(N, L))`` fixes the mask (MAE's convention: the patches with
+        the smallest noise stay visible)."""
+        return hasattr(self.noise_masking or getattr(self, "masking", None), "from_noise")
+
+    def masks(self, images: torch.Tensor, noise: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> Masks:
+        """The masks of one forward: the caller's ``mask`` (N, L) or ``noise``, else this model's masking
+        (see :func:`mimkit.masking.make_masks`)."""
+        return make_masks(self.masking, images.shape[0], self.grid(images), noise=noise, mask=mask,
+                          generator=generator, device=images.device, visible_only=self.visible_only,
+                          noise_masking=self.noise_masking)
+
+    def make_mask(self, images: torch.Tensor, noise=None, mask=None) -> torch.Tensor:
+        """(N, L) bool mask, True = hidden (see :meth:`masks`)."""
+        return self.masks(images, noise, mask).mask
+
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         return patchify(images, self.patch_size)
 
@@ -70,8 +120,6 @@ class MIMModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Unmasked encoder tokens (N, 1+L, D) after the final norm."""
+        """Unmasked encoder tokens (N, prefix+L, D) after the final norm (prefix = 1 class token for
+        ViT and BEiT encoders; see the method for others)."""
         return self.encoder(images, **kwargs).last_hidden_state
-
-    def encoder_no_weight_decay(self) -> set[str]:
-        return set()

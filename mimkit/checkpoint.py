@@ -2,18 +2,72 @@
 
 Writes are atomic (temporary file in the same directory, then ``os.replace``), so a crash never
 leaves a half-written file under the final name. Reads give clear errors for missing, truncated or
-foreign files."""
+foreign files.
+
+Safe by default: every PyTorch pickle mimkit reads (Lightning ``.ckpt``, official MAE ``.pth``,
+tokenizer weights) goes through :func:`read_torch_checkpoint`, which unpickles with
+``weights_only=True`` and the allowlist :data:`SAFE_GLOBALS`. A file that needs anything else is
+refused with :class:`UntrustedCheckpointError` unless the caller opts in (``trust_checkpoint=True``,
+``--trust-checkpoint``, or the :func:`trusted_checkpoints` context)."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import contextvars
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
+from .registry import build_from_config
+
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+
+# Classes a checkpoint may hold beyond torch's own weights-only set (tensors, storages, dtypes, devices,
+# torch.Size, OrderedDict and plain Python containers and scalars). The .ckpt files mimkit and
+# Lightning write need none of them: every recipe family (MAE, SimMIM ViT/Swin, MaskFeat, BEiT, dVAE,
+# I-JEPA, data2vec 2.0), the step/epoch/last checkpoints and the mimkit 0.1 fixtures load with torch's
+# set alone, since hyper_parameters hold the YAML config (plain types) and loop, optimiser, scheduler
+# and callback states are dicts of numbers, strings and tensors. Each entry below is for one foreign format:
+SAFE_GLOBALS: tuple[type, ...] = (
+    argparse.Namespace,  # official MAE training checkpoints (checkpoint-N.pth) keep the run's options in "args"
+)
+TRUST_HINT = "If you trust this file, pass --trust-checkpoint (trust_checkpoint=True in Python)."
+
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("mimkit_trust_checkpoint", default=False)
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint that only full unpickling could read: it names classes or functions outside
+    :data:`SAFE_GLOBALS` and torch's weights-only set, and unpickling them could run code."""
+
+    def __init__(self, path, names):
+        self.path, self.names = Path(path), list(names)
+        shown = ", ".join(self.names[:3]) + (f" and {len(self.names) - 3} more" if len(self.names) > 3 else "")
+        super().__init__(f"untrusted checkpoint {path}: it holds {shown}, not only tensors and plain containers, "
+                         f"and unpickling it could run code, so mimkit does not load it. {TRUST_HINT}")
+
+
+@contextlib.contextmanager
+def trusted_checkpoints(enabled: bool = True):
+    """Within this block, checkpoint reads unpickle fully (``--trust-checkpoint``): only for files whose
+    source you trust. ``enabled=False`` changes nothing."""
+    token = _TRUSTED.set(bool(enabled) or _TRUSTED.get())
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def is_trusted(trust_checkpoint: bool = False) -> bool:
+    """Whether a read may unpickle fully: the caller's ``trust_checkpoint`` or an enclosing
+    :func:`trusted_checkpoints` block."""
+    return bool(trust_checkpoint) or _TRUSTED.get()
 
 
 def _umask() -> int:
@@ -68,37 +122,17 @@ def save_model(model, directory, state_dict: dict | None = None) -> Path:
     cfg = model_config(model)
     sd = {k: v.detach().contiguous().cpu() for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
     atomic_write(directory / WEIGHTS, lambda p: save_file(sd, p, metadata={"format": "pt", "mimkit": "1"}))
-    atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(_jsonable(cfg), indent=2)))
+    atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(jsonable(cfg), indent=2)))
     return directory
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """Tuples as lists, recursively (a config as JSON/YAML writes and reads it back)."""
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj
-
-
-def build_from_config(cfg: dict):
-    from .registry import _RECIPES, _load_all, create
-
-    cfg = dict(cfg)
-    recipe = cfg.pop("recipe", None)
-    builder = cfg.pop("builder", None)
-    _load_all()
-    if recipe:
-        _, defaults, _ = _RECIPES[recipe] if recipe in _RECIPES else (None, {}, None)
-        return create(recipe, **{k: v for k, v in cfg.items() if defaults.get(k, object()) != v})
-    if builder:
-        from .registry import BUILDERS
-
-        if builder not in BUILDERS:
-            raise ValueError(f"config names unknown builder {builder!r}; known: {sorted(BUILDERS)}")
-        model = BUILDERS[builder](**cfg)
-        model.mimkit_config = {"recipe": None, "builder": builder, **cfg}
-        return model
-    raise ValueError("config.json has neither 'recipe' nor 'builder'")
 
 
 def read_safetensors(path) -> dict[str, torch.Tensor]:
@@ -147,27 +181,122 @@ def check_training_checkpoint(ckpt, path, resume: bool = True) -> dict:
     return ckpt
 
 
-def read_torch_checkpoint(path, mmap: bool = False) -> dict:
-    """``torch.load`` on CPU with a clear error for damaged files; ``mmap`` maps tensors lazily (a cheap
-    look at a large checkpoint)."""
+def read_torch_checkpoint(path, mmap: bool = False, trust_checkpoint: bool = False):
+    """``torch.load`` on CPU with ``weights_only=True`` and :data:`SAFE_GLOBALS`; clear errors for
+    damaged files and :class:`UntrustedCheckpointError` for files that need more. ``trust_checkpoint``
+    (or :func:`trusted_checkpoints`) unpickles fully instead. ``mmap`` maps tensors lazily (a cheap
+    look at a large checkpoint; ignored for legacy, non-zip files, which torch cannot map)."""
+    import zipfile
+
     path = Path(path)
+    trusted = is_trusted(trust_checkpoint)
+    mmap = mmap and path.is_file() and zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
+    except pickle.UnpicklingError as e:  # weights_only refused something, or the bytes are no pickle
+        names = [] if trusted else unsafe_globals(path, str(e))
+        if names:
+            raise UntrustedCheckpointError(path, names) from None
+        error = e
     except Exception as e:  # torch raises many types for corrupt files
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); the file is "
-            "truncated or not a checkpoint. Use an earlier checkpoint (e.g. last.ckpt or a periodic one)."
-        ) from None
+        error = e
+    reason = f"{type(error).__name__}: {_first_line(error)}"
+    unreadable = ValueError(f"{path} is not a readable PyTorch checkpoint ({reason}); the file is truncated or not "
+                            "a checkpoint. Use an earlier checkpoint (e.g. last.ckpt or a periodic one).")
+    unreadable.reason = reason  # for callers that word their own message
+    raise unreadable from None
 
 
-def load_model(path, map_location="cpu", img_size=None, **overrides):
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    if "Weights only load failed" in text:  # torch's long advice about weights_only: keep its cause
+        text = text.rsplit("WeightsUnpickler error:", 1)[-1].split("Check the documentation of torch.load")[0]
+    return " ".join(text.split())[:200]
+
+
+def unsafe_globals(path, error_text: str = "") -> list[str]:
+    """Classes/functions a pickled checkpoint would import beyond the safe set: the one torch's
+    weights-only error names and those found by reading the pickle's opcodes (nothing is executed).
+    Empty when the file is no pickle at all (damaged or foreign bytes)."""
+    found = set(re.findall(r"GLOBAL (\S+)", error_text))
+    try:
+        names = _pickle_globals(path)
+    except Exception:  # unreadable archive: not a question of trust
+        names = set()
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except ImportError:  # a torch without this table: name everything outside torch
+        allowed = {n for n in names if n.startswith("torch.")}
+    allowed |= {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    names = {"builtins." + n.removeprefix("__builtin__.") if n.startswith("__builtin__.") else n for n in names}
+    unsafe = {n.removeprefix("builtins.") for n in names if n not in allowed}
+    return sorted(unsafe | found)
+
+
+def _pickle_globals(path) -> set[str]:
+    """Names the pickles in ``path`` (a torch zip archive's data.pkl, or a legacy/raw pickle stream)
+    import, from GLOBAL/INST/STACK_GLOBAL opcodes, read with :mod:`pickletools` without unpickling."""
+    import io
+    import zipfile
+
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            data = z.read(member) if member else b""
+        return _stream_globals(io.BytesIO(data), len(data))
+    with open(path, "rb") as f:
+        return _stream_globals(f, path.stat().st_size)
+
+
+def _stream_globals(f, size: int) -> set[str]:
+    """:func:`_pickle_globals` of an open stream: the pickles one after another (a legacy torch.save
+    file holds several), until the end or bytes that are no pickle (a legacy file's raw tensors)."""
+    import pickletools
+
+    names: set[str] = set()
+    while f.tell() < size:
+        strings: list[str] = []  # pushed strings: STACK_GLOBAL takes module and name from the last two
+        memo: dict[int, object] = {}
+        last = None
+        try:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.add(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.add(f"{strings[-2]}.{strings[-1]}")
+                if op.name == "MEMOIZE":
+                    memo[len(memo)] = last
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = last
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    last = memo.get(int(arg))
+                    if isinstance(last, str):
+                        strings.append(last)
+                else:
+                    last = arg if isinstance(arg, str) else None
+                    if last is not None and ("UNICODE" in op.name or "STRING" in op.name):
+                        strings.append(last)
+        except Exception:  # not (or no longer) a pickle
+            break
+    return names
+
+
+def load_model(path, map_location="cpu", img_size=None, trust_checkpoint: bool = False, **overrides):
     """Load from a directory (config.json + model.safetensors), a .safetensors file beside a
     config.json, or a Lightning .ckpt written by ``mimkit pretrain``.
 
     ``img_size`` (int or (H, W)) rebuilds the model for another input resolution: learned position
     embeddings and relative position tables are interpolated (2-D, grid aware), fixed sin-cos ones
     are recomputed for the new grid. Other ``overrides`` replace constructor arguments (e.g.
-    ``mask_ratio=0.6``)."""
+    ``mask_ratio=0.6``). A ``.ckpt`` is read safely (see :func:`read_torch_checkpoint`);
+    ``trust_checkpoint=True`` unpickles it, and any tokenizer file its config names, fully."""
+    if trust_checkpoint and not is_trusted():
+        with trusted_checkpoints():
+            return load_model(path, map_location, img_size, **overrides)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -186,17 +315,19 @@ def load_model(path, map_location="cpu", img_size=None, **overrides):
         if cfg is None:
             raise ValueError(f"{path} is not a mimkit training checkpoint (no model_config in hyper_parameters)")
         sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        return _build_and_load(cfg, sd, path, img_size, overrides)
+        return build_and_load(cfg, sd, path, img_size, overrides)
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} is missing; a mimkit model file needs its config.json beside it")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    return _build_and_load(cfg, read_safetensors(weights), weights, img_size, overrides)
+    return build_and_load(cfg, read_safetensors(weights), weights, img_size, overrides)
 
 
-def _build_and_load(cfg: dict, sd: dict, source, img_size=None, overrides=None):
+def build_and_load(cfg: dict, sd: dict, source, img_size=None, overrides=None):
+    """Build the model of ``cfg`` (+ ``overrides``, ``img_size``) and load ``sd`` into it, resizing
+    position tensors for another resolution; a clear error naming ``source`` when they do not match."""
     cfg = {**cfg, **(overrides or {})}
     old_size = cfg.get("img_size")
     if img_size is not None:
@@ -217,7 +348,7 @@ def resize_state_dict(sd: dict, model, old_img_size, patch_size) -> dict:
     fixed (non-trainable) sin-cos embeddings take the model's recomputed value, learned absolute
     embeddings are resized bicubically on the 2-D grid, relative position bias tables bilinearly.
     Other shape mismatches are an error."""
-    from .ops import resize_pos_embed, to_2tuple
+    from .ops import resize_pos_embed, resize_rel_pos_table, to_2tuple
 
     own = model.state_dict()
     params = dict(model.named_parameters())
@@ -239,8 +370,6 @@ def resize_state_dict(sd: dict, model, old_img_size, patch_size) -> dict:
             else:
                 out[k] = resize_pos_embed(v, old_grid, new_grid, num_prefix=v.shape[1] - old_grid[0] * old_grid[1])
         elif k.endswith("relative_position_bias_table"):
-            from .encoders.beit import resize_rel_pos_table
-
             out[k] = resize_rel_pos_table(v, old_grid, new_grid)
         elif k.endswith(("relative_position_index", "attn_mask")):
             out[k] = own[k]  # derived buffers

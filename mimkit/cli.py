@@ -27,8 +27,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from mimkit.checkpoint import trusted_checkpoints
+
     try:
-        return int(args.func(args) or 0)
+        with trusted_checkpoints(bool(getattr(args, "trust_checkpoint", False))):  # --trust-checkpoint
+            return int(args.func(args) or 0)
     except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
         if getattr(args, "debug", False):
             raise

@@ -1,5 +1,6 @@
 """Datasets and transforms: Fashion-MNIST (idx files from Debian's package, a configured path or
-torchvision's download), any ImageFolder, and the MAE augmentation."""
+torchvision's download), any ImageFolder, WebDataset tar shards (``mimkit.shards``), Hugging Face
+datasets (``mimkit.hf_dataset``), held-out validation sets, and the MAE augmentation."""
 from __future__ import annotations
 
 import gzip
@@ -155,6 +156,30 @@ def default_stats(name: str, in_chans: int):
     return (0.5,) * in_chans, (0.5,) * in_chans
 
 
+def load_image(source, in_chans: int = 3):
+    """Open an image (a path or a binary file object, e.g. ``io.BytesIO`` of a shard member) and convert
+    it to ``in_chans`` channels the way every mimkit dataset does: 16-bit and 32-bit images scaled to
+    8 bits (full range), transparency composited on white, grayscale replicated or RGB made gray."""
+    from PIL import Image
+
+    with Image.open(source) as im:
+        im.load()
+        if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+            arr = np.asarray(im, dtype=np.float32)
+            if im.mode.startswith("I;16"):
+                hi = 65535.0  # 16-bit: full range, however dark the picture
+            elif im.mode == "F" and arr.max() <= 1.0:
+                hi = 1.0
+            else:  # 32-bit ints: 16-bit data if it exceeds 8 bits
+                hi = 65535.0 if arr.max() > 255 else 255.0
+            im = Image.fromarray((arr / hi * 255).round().clip(0, 255).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        return im.convert("L" if in_chans == 1 else "RGB")
+
+
 class SafeImageFolder(Dataset):
     """torchvision ImageFolder that converts every image (grayscale, RGBA, palette, 16-bit) to
     ``in_chans`` channels and skips unreadable files with a counted warning (or raises with the
@@ -193,24 +218,7 @@ class SafeImageFolder(Dataset):
         return len(self.samples)
 
     def load(self, path: str):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.load()
-            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                if im.mode.startswith("I;16"):
-                    hi = 65535.0  # 16-bit: full range, however dark the picture
-                elif im.mode == "F" and arr.max() <= 1.0:
-                    hi = 1.0
-                else:  # 32-bit ints: 16-bit data if it exceeds 8 bits
-                    hi = 65535.0 if arr.max() > 255 else 255.0
-                im = Image.fromarray((arr / hi * 255).round().clip(0, 255).astype(np.uint8), "L")
-            if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return im.convert("L" if self.in_chans == 1 else "RGB")
+        return load_image(path, self.in_chans)
 
     def __getitem__(self, i):
         n = len(self.samples)
@@ -262,4 +270,83 @@ def build_dataset(cfg: dict, split: str = "train", train_transform: bool = True)
         if limit:
             ds = torch.utils.data.Subset(ds, range(min(int(limit), len(ds))))
         return ds
-    raise ValueError(f"unknown dataset {name!r}; use 'fashion_mnist' or 'image_folder'")
+    if name in ("webdataset", "hf_dataset"):
+        return limit_rows(source_dataset(cfg, split, tf), cfg.get("limit"))
+    raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")
+
+
+DATASET_NAMES = ("fashion_mnist", "image_folder", "webdataset", "hf_dataset")
+
+
+def source_dataset(cfg: dict, split: str = "train", transform=None, encoded: bool = False):
+    """The streamed-at-scale sources: ``webdataset`` tar shards (``data.urls``; another split reads
+    ``data.val_urls``) or a Hugging Face dataset (``data.path``, split ``data.split`` for 'train',
+    else the named split). ``encoded=True`` yields raw bytes for ``data.decode_on_device``."""
+    name, in_chans, on_error = cfg.get("name"), int(cfg.get("in_chans", 1)), cfg.get("on_error", "skip")
+    if name == "webdataset":
+        from .shards import ShardImages
+
+        if split == "train":
+            return ShardImages(cfg.get("urls"), transform, in_chans, on_error, encoded, "data.urls")
+        if not cfg.get("val_urls"):
+            raise ValueError(f"data.name=webdataset has no {split!r} split: give its shards as data.val_urls")
+        return ShardImages(cfg.get("val_urls"), transform, in_chans, on_error, encoded, "data.val_urls")
+    if name == "hf_dataset":
+        from .hf_dataset import HFImages
+
+        sp = (cfg.get("split") or "train") if split == "train" else split
+        return HFImages(cfg.get("path") or "", sp, cfg.get("image_column") or "image", transform, in_chans,
+                        on_error, encoded)
+    raise ValueError(f"data.name={name} is not a shard or Hugging Face source")
+
+
+def limit_rows(ds, limit):
+    """The first ``limit`` items of ``ds`` (all when ``limit`` is falsy)."""
+    if not limit or int(limit) >= len(ds):
+        return ds
+    return take_rows(ds, range(int(limit)))
+
+
+def take_rows(ds, rows):
+    """``ds`` restricted to ``rows``; shard datasets keep their shard structure (see ShardImages.subset)."""
+    if hasattr(ds, "subset"):
+        return ds.subset(list(rows))
+    return torch.utils.data.Subset(ds, list(rows))
+
+
+def held_out_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``data.val_fraction``: (training rows, held-out rows) of a dataset of ``n`` items, the held-out
+    ones drawn with ``seed`` (the same on every process and every run; both lists sorted)."""
+    from .train.loader import mix_seed
+
+    k = int(round(float(fraction) * n))
+    if not 1 <= k < n:
+        raise ValueError(f"data.val_fraction={fraction} of {n} images holds out {k}; choose a fraction that keeps at "
+                         "least one image on each side")
+    g = torch.Generator().manual_seed(mix_seed(seed, 0x7A1))
+    perm = torch.randperm(n, generator=g)
+    return sorted(perm[k:].tolist()), sorted(perm[:k].tolist())
+
+
+def build_val_dataset(cfg: dict, seed: int = 0):
+    """The held-out set for the validation loss (evaluation transform: resize + centre crop, no random
+    augmentation), or None when no ``data.val_*`` key is set: ``val_root`` (an image folder),
+    ``val_urls`` (shards), ``val_split`` (a split of the same source: Fashion-MNIST 'test', a Hugging
+    Face split) or ``val_fraction`` (rows held out of the training set, see :func:`held_out_rows`)."""
+    name = cfg.get("name", "fashion_mnist")
+    size, in_chans = int(cfg["img_size"]), int(cfg.get("in_chans", 1))
+    mean, std = default_stats(name, in_chans)
+    tf = eval_transform(size, cfg.get("mean") or mean, cfg.get("std") or std)
+    if cfg.get("val_fraction"):
+        full = build_dataset(cfg, "train", train_transform=False)
+        return take_rows(full, held_out_rows(len(full), cfg["val_fraction"], seed)[1])
+    if cfg.get("val_root"):
+        return SafeImageFolder(cfg["val_root"], tf, in_chans, cfg.get("on_error", "skip"))
+    if cfg.get("val_urls"):
+        return source_dataset(cfg, "val", tf)
+    if cfg.get("val_split"):
+        if name == "fashion_mnist":
+            images, labels = load_fashion_mnist(cfg["val_split"], cfg.get("root"))
+            return TensorImages(images, labels, tf)
+        return source_dataset(cfg, cfg["val_split"], tf)
+    return None

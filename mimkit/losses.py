@@ -1,4 +1,6 @@
-"""Targets and losses, computed on hidden positions only."""
+"""Pixel-target helpers and losses. Every method computes its loss on hidden positions only: the
+masked losses here take the mask (1 = hidden); :func:`masked_cross_entropy` and the teacher losses
+receive the hidden positions already selected by the method."""
 from __future__ import annotations
 
 import torch
@@ -32,5 +34,6 @@ def masked_l1_pixels(pred_img: torch.Tensor, img: torch.Tensor, pixel_mask: torc
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of logits (M, K) against ids (M,) at hidden positions."""
+    """Mean cross-entropy of logits (M, K) against ids (M,); the caller passes the M hidden positions
+    only (BEiT selects them with its mask before the head)."""
     return F.cross_entropy(logits.float(), labels)

@@ -14,11 +14,18 @@ visible. ``random_masking`` is MAE's shuffle on token tensors.
 | ``block`` (``beit``) | :class:`BlockMasking` | BEiT block-wise rectangles, at most the target |
 | ``center`` | :class:`CenterMasking` | a centred rectangle covering about ``r`` of the grid |
 | ``explicit`` | :class:`ExplicitMasking` | a mask the user supplies |
+| ``inverse_block`` | :class:`InverseBlockMasking` | data2vec 2.0: all but ``int(L*(1-r))`` patches grown as visible blocks |
+| ``multiblock`` | :class:`MultiBlockMasking` | I-JEPA: all but one context block minus several target blocks |
+
+:func:`make_masks` is the one front end every method calls: it turns a caller's ``mask`` or ``noise``,
+or the method's own generator, into a :class:`Masks` (the bool mask, plus ``ids_keep`` /
+``ids_restore`` for encoders that see visible tokens only).
 """
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -107,12 +114,18 @@ class MaskGenerator:
 
 
 class RandomMasking(MaskGenerator):
-    """MAE: exactly ``L - int(L*(1-ratio))`` random patches hidden per image."""
+    """MAE: exactly ``L - int(L*(1-ratio))`` random patches hidden per image (``rounding="mae"``), or
+    ``max(1, round(L*ratio))`` (``rounding="round"``, BEiT's rule for a caller's noise)."""
 
-    def __init__(self, ratio: float = 0.75):
+    def __init__(self, ratio: float = 0.75, rounding: str = "mae"):
         self.ratio = check_ratio(ratio)
+        if rounding not in ("mae", "round"):
+            raise ValueError(f"rounding must be 'mae' or 'round', got {rounding!r}")
+        self.rounding = rounding
 
     def num_hidden(self, L: int) -> int:
+        if self.rounding == "round":
+            return max(1, int(round(L * self.ratio)))
         return L - int(L * (1 - self.ratio))
 
     def from_noise(self, noise: torch.Tensor, grid=None) -> torch.Tensor:
@@ -311,6 +324,115 @@ class ExplicitMasking(MaskGenerator):
         return m.expand(batch_size, -1).clone().to(device)
 
 
+class InverseBlockMasking(MaskGenerator):
+    """data2vec 2.0's inverse block masking (fairseq ``compute_block_mask_2d`` with ``inverse_mask``):
+    ``int(L*(1-r+adjust)/block^2)`` random centres each grow a ``block x block`` square of *visible*
+    patches (clipped at the border), then random single patches are added or removed until exactly
+    ``int(L*(1-r))`` are visible; all the others are hidden (the same count in every row)."""
+
+    def __init__(self, ratio: float = 0.8, block: int = 3, adjust: float = 0.07):
+        self.ratio = check_ratio(ratio)
+        self.block = _check_positive_int(block, "block")
+        self.adjust = float(adjust)
+
+    def num_visible(self, L: int) -> int:
+        return max(1, int(L * (1 - self.ratio)))
+
+    def __call__(self, batch_size, grid, generator=None, device=None):
+        h, w = grid
+        L = h * w
+        n_centres = max(1, int(L * (1 - self.ratio + self.adjust) / self.block**2))
+        gen_device = generator.device if generator is not None else "cpu"
+        centres = torch.randint(0, L, (batch_size, n_centres), generator=generator, device=gen_device)
+        r0 = self.block // 2
+        offs = torch.arange(self.block, device=gen_device) - r0
+        rows = (centres // w)[..., None, None] + offs[:, None]  # (N, C, b, 1)
+        cols = (centres % w)[..., None, None] + offs[None, :]   # (N, C, 1, b)
+        idx = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)  # (N, C, b, b), clipped like the reference
+        grown = torch.zeros(batch_size, L, device=gen_device).scatter_(1, idx.reshape(batch_size, -1), 1.0)
+        # exactly num_visible: a random subset of the grown patches first, then random others
+        key = grown + torch.rand(batch_size, L, generator=generator, device=gen_device)
+        keep = key.argsort(1, descending=True)[:, : self.num_visible(L)]
+        hidden = torch.ones(batch_size, L, dtype=torch.bool, device=gen_device).scatter_(1, keep, False)
+        return hidden.to(device)
+
+    def __repr__(self):
+        return f"InverseBlockMasking(ratio={self.ratio}, block={self.block}, adjust={self.adjust})"
+
+
+class MultiBlockMasking(MaskGenerator):
+    """I-JEPA's multi-block masking (``src/masks/multiblock.py``). Per batch, one target-block size
+    (scale ``target_scale`` of the grid, aspect ``target_aspect``) and one context size (scale
+    ``context_scale``, square) are drawn; per image, ``num_targets`` target blocks at random places (they
+    may overlap) and one context block, minus every target (at least ``min_keep`` patches: the
+    constraints are relaxed one target at a time after 20 failed draws). Index lists are cut to the
+    shortest in the batch, as the reference does.
+
+    ``sample(...)`` returns ``(context (N, Kc), targets (N, num_targets, Kt))`` patch indices; calling the
+    generator returns the usual bool mask with everything outside the context hidden."""
+
+    def __init__(self, num_targets: int = 4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
+                 context_scale=(0.85, 1.0), min_keep: int = 10):
+        self.num_targets = _check_positive_int(num_targets, "num_targets")
+        self.target_scale, self.target_aspect = tuple(map(float, target_scale)), tuple(map(float, target_aspect))
+        self.context_scale = tuple(map(float, context_scale))
+        self.min_keep = int(min_keep)
+        for name, (lo, hi) in (("target_scale", self.target_scale), ("context_scale", self.context_scale)):
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1, got {(lo, hi)}")
+
+    def _block_size(self, rng: random.Random, grid, scale, aspect) -> tuple[int, int]:
+        u = rng.random()  # one draw for both, as the reference
+        keep = int(grid[0] * grid[1] * (scale[0] + u * (scale[1] - scale[0])))
+        ar = aspect[0] + u * (aspect[1] - aspect[0])
+        bh, bw = int(round(math.sqrt(keep * ar))), int(round(math.sqrt(keep / ar)))
+        return max(1, min(bh, grid[0] - 1)), max(1, min(bw, grid[1] - 1))
+
+    def _block(self, rng: random.Random, grid, size, allowed: list | None):
+        h, w = grid
+        bh, bw = size
+        tries, left = 0, 20
+        while True:
+            top, lft = rng.randrange(0, h - bh), rng.randrange(0, w - bw)
+            m = torch.zeros(h, w, dtype=torch.bool)
+            m[top:top + bh, lft:lft + bw] = True
+            for a in (allowed or [])[: max(len(allowed or []) - tries, 0)]:
+                m &= a
+            if int(m.sum()) > min(self.min_keep, bh * bw - 1):
+                return m
+            left -= 1
+            if left == 0:
+                tries, left = tries + 1, 20
+
+    def sample(self, batch_size: int, grid, generator: torch.Generator | None = None, device=None):
+        gen_device = generator.device if generator is not None else "cpu"
+        seeds = torch.randint(0, 2**31 - 1, (batch_size + 1,), generator=generator, device=gen_device).tolist()
+        batch_rng = random.Random(seeds[0])
+        t_size = self._block_size(batch_rng, grid, self.target_scale, self.target_aspect)
+        c_size = self._block_size(batch_rng, grid, self.context_scale, (1.0, 1.0))
+        ctx, tgt = [], []
+        for s in seeds[1:]:
+            rng = random.Random(s)
+            blocks = [self._block(rng, grid, t_size, None) for _ in range(self.num_targets)]
+            c = self._block(rng, grid, c_size, [~b for b in blocks])
+            ctx.append(c.flatten().nonzero().squeeze(1))
+            tgt.append([b.flatten().nonzero().squeeze(1) for b in blocks])
+        kc = min(len(c) for c in ctx)
+        kt = min(len(t) for ts in tgt for t in ts)
+        context = torch.stack([c[:kc] for c in ctx])
+        targets = torch.stack([torch.stack([t[:kt] for t in ts]) for ts in tgt])
+        return context.to(device), targets.to(device)
+
+    def __call__(self, batch_size, grid, generator=None, device=None):
+        context, _ = self.sample(batch_size, grid, generator, device)
+        hidden = torch.ones(batch_size, grid[0] * grid[1], dtype=torch.bool, device=context.device)
+        return hidden.scatter_(1, context, False)
+
+    def __repr__(self):
+        return (f"MultiBlockMasking(num_targets={self.num_targets}, target_scale={self.target_scale}, "
+                f"context_scale={self.context_scale})")
+
+
 MASKINGS = {
     "random": RandomMasking,
     "mae": RandomMasking,
@@ -319,6 +441,8 @@ MASKINGS = {
     "beit": BlockMasking,
     "center": CenterMasking,
     "explicit": ExplicitMasking,
+    "inverse_block": InverseBlockMasking,
+    "multiblock": MultiBlockMasking,
 }
 
 
@@ -329,14 +453,93 @@ def build_masking(name: str, ratio: float | None = None, patch_size: int | None 
     if name not in MASKINGS:
         raise ValueError(f"unknown masking {name!r}; choose one of {sorted(MASKINGS)}")
     cls = MASKINGS[name]
-    if ratio is not None and cls is not ExplicitMasking and "num_masking_patches" not in kwargs:
+    import inspect
+
+    takes_ratio = "ratio" in inspect.signature(cls).parameters
+    if ratio is not None and takes_ratio and "num_masking_patches" not in kwargs:
         kwargs.setdefault("ratio", ratio)
     if patch_size is not None and cls is SimMIMMasking:
         kwargs.setdefault("model_patch_size", patch_size)
     try:
         return cls(**kwargs)
     except TypeError as e:
-        import inspect
-
         accepted = [k for k in inspect.signature(cls).parameters]
         raise ValueError(f"bad options for masking {name!r}: {e}; accepted: {accepted}") from None
+
+
+def masking_for(name: str, ratio: float | None, patch_size: int, grid=None, options: dict | None = None,
+                mask_patch_size: int | None = None) -> MaskGenerator:
+    """A method's masking from its constructor options (``masking``, its ratio, ``masking_kwargs``; SimMIM
+    cells of ``mask_patch_size`` px), checked against the model's patch ``grid``."""
+    kw = dict(options or {})
+    if name == "simmim" and mask_patch_size is not None:
+        kw.setdefault("mask_patch_size", mask_patch_size)
+    try:
+        gen = build_masking(name, ratio=ratio, patch_size=patch_size, **kw)
+    except ValueError as e:
+        if options and "bad options" in str(e):
+            raise ValueError(f"{e}; masking_kwargs={options} do not fit masking={name!r} (a recipe may set them for "
+                             f"its own masking): pass masking_kwargs=None or options for {name!r}") from None
+        raise
+    if grid is not None:
+        gen.check_grid(grid)
+    return gen
+
+
+# ---- the front end every method calls ---------------------------------------------------------------
+@dataclass
+class Masks:
+    """``mask``: (N, L) bool, True = hidden. For visible-only encoders (MAE-style) also ``ids_keep``
+    (N, K), the kept patches in the order the encoder sees them, and ``ids_restore`` (N, L), which puts
+    ``[kept, hidden]`` tokens back into grid order; every row then keeps the same number K, and ``mask``
+    is exactly what the encoder did not see."""
+
+    mask: torch.Tensor
+    ids_keep: torch.Tensor | None = None
+    ids_restore: torch.Tensor | None = None
+
+
+def check_mask(mask, batch: int, grid) -> torch.Tensor:
+    """A caller's mask as bool (N, L); a clear error for the wrong size."""
+    mask = torch.as_tensor(mask)
+    L = grid[0] * grid[1]
+    if mask.numel() != batch * L:
+        raise ValueError(f"mask must have shape (batch, num_patches) = ({batch}, {L}) (a {grid[0]}x{grid[1]} "
+                         f"patch grid), got {tuple(mask.shape)}")
+    return mask.reshape(batch, L).bool()
+
+
+def make_masks(masking: MaskGenerator, batch: int, grid, *, noise: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, generator: torch.Generator | None = None, device=None,
+               visible_only: bool = False, noise_masking: MaskGenerator | None = None) -> Masks:
+    """Masks for one batch: the caller's ``mask`` (nonzero = hidden) if given, else ``noise`` (N, L)
+    read by ``noise_masking`` (default ``masking``; the patches with the smallest noise stay visible),
+    else a draw of ``masking`` (from ``generator`` when given). With ``visible_only`` the result also
+    holds MAE's ``ids_keep`` / ``ids_restore``: a random masking keeps MAE's shuffle of its noise
+    exactly (as ``transformers`` ViTMAE); any other mask goes through :func:`mask_to_noise`."""
+    L = grid[0] * grid[1]
+    if mask is not None:
+        m = check_mask(mask, batch, grid).to(device)
+    else:
+        rule = (noise_masking or masking) if noise is not None else masking
+        shuffle = visible_only and isinstance(rule, RandomMasking)
+        if noise is not None:
+            if not hasattr(rule, "from_noise"):
+                raise ValueError(f"noise only drives 'random' and 'simmim' masking, not {rule!r}; pass mask= instead")
+            per_patch = isinstance(rule, RandomMasking)
+            if noise.ndim != 2 or noise.shape[0] != batch or (per_patch and noise.shape[1] != L):
+                want = f"(batch, num_patches) = {(batch, L)}" if per_patch else f"(batch, ...) with batch {batch}"
+                raise ValueError(f"noise must have shape {want}, got {tuple(noise.shape)}")
+            noise = noise.to(device)
+        elif shuffle:
+            noise = _rand((batch, L), generator, device)
+        if shuffle:  # MAE: keep the int(L*(1-r)) patches with the smallest noise
+            ids_keep, ids_restore, m = shuffle_ids(noise, L - rule.num_hidden(L))
+            return Masks(m.bool(), ids_keep, ids_restore)
+        m = rule.from_noise(noise, grid) if noise is not None else masking(batch, grid, generator=generator, device=device)
+        m = m.bool()
+    if not visible_only:
+        return Masks(m)
+    jittered, len_keep = mask_to_noise(m, generator)
+    ids_keep, ids_restore, m = shuffle_ids(jittered, len_keep)
+    return Masks(m.bool(), ids_keep, ids_restore)

@@ -1,47 +1,81 @@
-"""One registry of named recipes: ``mimkit.create("mae_vit_base_patch16", **overrides)``."""
+"""One registry of model builders and named recipes, as timm's ``register_model`` + ``create_model``.
+
+* A **builder** is a model class (or factory) under a short name: ``"mae"``, ``"simmim"``, ``"beit"``,
+  ``"dvae"``... Models that come from elsewhere (converted from ``transformers`` or ``timm``) are built
+  from their builder name.
+* A **recipe** is a builder plus default options under a descriptive name:
+  ``mimkit.create("mae_vit_base_patch16", mask_ratio=0.6)``.
+
+:func:`create` is the only place that builds a registered model, and the only place that sets its
+``mimkit_config`` (``{"recipe": name, **options}`` or ``{"recipe": None, "builder": name, **options}``),
+which :func:`build_from_config` turns back into the same model (``config.json`` of a saved model, the
+``model_config`` of a Lightning checkpoint); a built part passed to a builder (BEiT's tokenizer) is
+recorded as ``<name>_config``. Builders and recipes are registered by the modules of
+:mod:`mimkit.methods` and :mod:`mimkit.tokenizer.recipes`, imported on first use.
+"""
 from __future__ import annotations
 
 import difflib
 import importlib
 import inspect
 import pkgutil
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-_RECIPES: dict[str, tuple[Callable[..., Any], dict[str, Any], str]] = {}
+__all__ = ["build_from_config", "builder_name", "create", "get_builder", "list_builders", "list_models",
+           "option_names", "recipe_info", "register_builder", "register_recipe"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    recipe: bool = True  # False: a builder under its short name
+    builder_name: str = ""
+    # config-level options turned into constructor arguments before the builder is called (e.g. BEiT's
+    # tokenizer_path / tokenizer_config -> a built tokenizer): (option names, function kwargs -> kwargs)
+    prepare: tuple[frozenset, Callable[[dict], dict]] | None = None
+
+
+_REGISTRY: dict[str, _Entry] = {}
 _LOADED = False
-#: builders by short name, for models built outside a recipe (e.g. converted from transformers)
-BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
-def register_builder(name: str, builder: Callable[..., Any]) -> Callable[..., Any]:
-    BUILDERS[name] = builder
+def register_builder(name: str, builder: Callable[..., Any], *, options=(), prepare=None) -> Callable[..., Any]:
+    """Register ``builder`` (a model class or factory) under the short name ``name``.
+
+    ``options``/``prepare``: option names the builder does not take itself and the function that turns
+    them into constructor arguments (the config layer's job, e.g. loading a tokenizer file)."""
+    if name in _REGISTRY:
+        raise ValueError(f"{name!r} is registered twice")
+    hook = (frozenset(options), prepare) if prepare is not None else None
+    _REGISTRY[name] = _Entry(builder, {}, "", recipe=False, builder_name=name, prepare=hook)
     return builder
 
 
-def register_recipe(name: str, builder: Callable[..., Any], description: str = "", **defaults: Any) -> None:
-    """Register ``name`` as ``builder(**defaults)``. ``builder`` is a model class or factory."""
-    if name in _RECIPES:
+def register_recipe(name: str, builder, description: str = "", **defaults: Any) -> None:
+    """Register ``name`` as ``builder(**defaults)``; ``builder`` is a registered builder or its name."""
+    if name in _REGISTRY:
         raise ValueError(f"recipe {name!r} is registered twice")
-    _check_keys(builder, defaults, name)
-    _RECIPES[name] = (builder, dict(defaults), description)
+    base = _builder_entry(builder)
+    entry = _Entry(base.builder, dict(defaults), description, recipe=True, builder_name=base.builder_name,
+                   prepare=base.prepare)
+    _check_keys(entry, defaults, name)
+    _REGISTRY[name] = entry
 
 
-def _accepted(builder) -> set[str] | None:
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def _check_keys(builder, kwargs: dict, name: str) -> None:
-    accepted = _accepted(builder)
-    if accepted is None:
-        return
-    for key in kwargs:
-        if key not in accepted:
-            close = difflib.get_close_matches(key, sorted(accepted), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(accepted))}"
-            raise ValueError(f"unknown option {key!r} for recipe {name!r}{hint}")
+def _builder_entry(builder) -> _Entry:
+    if isinstance(builder, str):
+        entry = _REGISTRY.get(builder)
+        if entry is None or entry.recipe:
+            raise ValueError(f"unknown builder {builder!r}; register it with register_builder first")
+        return entry
+    for entry in _REGISTRY.values():
+        if not entry.recipe and entry.builder is builder:
+            return entry
+    raise ValueError(f"{getattr(builder, '__name__', builder)!r} is not a registered builder; call "
+                     "register_builder(name, builder) before registering its recipes")
 
 
 def _load_all() -> None:
@@ -53,29 +87,103 @@ def _load_all() -> None:
 
     for info in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"mimkit.methods.{info.name}")
+    importlib.import_module("mimkit.tokenizer.recipes")
+
+
+def _entry(name: str) -> _Entry:
+    _load_all()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown recipe {name!r}.{hint} `mimkit.list_models()` or `mimkit models` lists them all.")
+    return _REGISTRY[name]
+
+
+def _accepted(entry: _Entry) -> set[str] | None:
+    b = entry.builder  # a class's options are its __init__'s (a compatibility __new__ may take **kwargs)
+    params = dict(inspect.signature(b.__init__ if isinstance(b, type) else b).parameters)
+    params.pop("self", None)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    names = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if entry.prepare is not None:
+        names |= entry.prepare[0]
+    return names
+
+
+def _check_keys(entry: _Entry, kwargs: dict, name: str) -> None:
+    accepted = _accepted(entry)
+    if accepted is None:
+        return
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(accepted))}"
+            raise ValueError(f"unknown option {key!r} for recipe {name!r}{hint}")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of all registered recipes (optionally those containing ``pattern``)."""
     _load_all()
-    names = sorted(_RECIPES)
-    return [n for n in names if pattern is None or pattern in n]
+    return sorted(n for n, e in _REGISTRY.items() if e.recipe and (pattern is None or pattern in n))
+
+
+def list_builders() -> list[str]:
+    """Short names of all registered builders (``mae``, ``simmim``, ..., ``dvae``)."""
+    _load_all()
+    return sorted(n for n, e in _REGISTRY.items() if not e.recipe)
+
+
+def get_builder(name: str) -> Callable[..., Any]:
+    """The model class (or factory) behind a builder or recipe name."""
+    return _entry(name).builder
+
+
+def builder_name(name: str) -> str:
+    """Short builder name of a recipe (``"mae_vit_base_patch16"`` -> ``"mae"``), or the name itself."""
+    return _entry(name).builder_name
+
+
+def option_names(name: str) -> set[str] | None:
+    """Options a builder or recipe accepts (None: any)."""
+    return _accepted(_entry(name))
 
 
 def recipe_info(name: str) -> tuple[Callable[..., Any], dict[str, Any], str]:
-    _load_all()
-    if name not in _RECIPES:
-        close = difflib.get_close_matches(name, list(_RECIPES), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown recipe {name!r}.{hint} `mimkit.list_models()` or `mimkit models` lists them all.")
-    return _RECIPES[name]
+    """``(builder, defaults, description)`` of a recipe (or of a builder, with no defaults)."""
+    e = _entry(name)
+    return e.builder, dict(e.defaults), e.description
 
 
 def create(name: str, **overrides: Any):
-    """Build the recipe ``name`` with keyword ``overrides`` (e.g. ``mask_ratio=0.6``)."""
-    builder, defaults, _ = recipe_info(name)
-    _check_keys(builder, overrides, name)
-    kwargs = {**defaults, **overrides}
-    model = builder(**kwargs)
-    model.mimkit_config = {"recipe": name, **kwargs}
+    """Build the recipe (or builder) ``name`` with keyword ``overrides`` (e.g. ``mask_ratio=0.6``)."""
+    entry = _entry(name)
+    _check_keys(entry, overrides, name)
+    kwargs = {**entry.defaults, **overrides}
+    ctor = dict(kwargs)
+    if entry.prepare is not None:
+        keys, prepare = entry.prepare
+        ctor = prepare({k: ctor.pop(k) for k in keys if k in ctor}) | ctor
+    model = entry.builder(**ctor)
+    for key, value in ctor.items():  # a built part (BEiT's tokenizer) is recorded by its own config
+        part_config = getattr(value, "mimkit_config", None)
+        if part_config and key not in kwargs:
+            kwargs.setdefault(f"{key}_config", dict(part_config))
+    model.mimkit_config = {"recipe": name, **kwargs} if entry.recipe else {"recipe": None, "builder": name, **kwargs}
     return model
+
+
+def build_from_config(cfg: dict):
+    """Rebuild a model from its ``mimkit_config`` (as saved in ``config.json`` or a checkpoint)."""
+    cfg = dict(cfg)
+    recipe = cfg.pop("recipe", None)
+    builder = cfg.pop("builder", None)
+    if recipe:
+        return create(recipe, **cfg)
+    if builder:
+        _load_all()
+        entry = _REGISTRY.get(builder)
+        if entry is None or entry.recipe:
+            raise ValueError(f"config names unknown builder {builder!r}; known: {list_builders()}")
+        return create(builder, **cfg)
+    raise ValueError("config.json has neither 'recipe' nor 'builder'")

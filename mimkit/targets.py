@@ -1,4 +1,6 @@
-"""Prediction targets computed from the input images (no learned parameters).
+"""Prediction targets computed from the input images (no learned parameters): MaskFeat's HOG
+features, BEiT's visual tokens from a frozen tokenizer, and the teacher features of data2vec 2.0 and
+I-JEPA (:mod:`mimkit.teacher`).
 
 :class:`HOGTarget` is MaskFeat's histogram-of-oriented-gradients target:
 
@@ -31,6 +33,14 @@ def _check_int(v, name):
 
 
 class HOGTarget(nn.Module):
+    """Args:
+        in_chans: image channels (histograms per channel); bins: orientation bins over 0-180 degrees;
+        cell: cell side in pixels; block: cells per normalisation block side; gaussian_window: 0 or the
+        side of the tiled Gaussian weighting window.
+
+    ``forward(images (N, C, H, W), patch_size)`` -> (N, L, (patch/cell)^2 * C * bins).
+    """
+
     def __init__(self, in_chans: int = 3, bins: int = 9, cell: int = 8, block: int = 1, gaussian_window: int = 0):
         super().__init__()
         self.in_chans = _check_int(in_chans, "in_chans")
@@ -105,3 +115,85 @@ class HOGTarget(nn.Module):
         gh, gw = hc // k, wc // k
         t = hist.reshape(n, c, nb, gh, k, gw, k).permute(0, 3, 5, 4, 6, 1, 2)
         return t.reshape(n, gh * gw, k * k * c * nb)
+
+
+# ---- visual tokens (BEiT) -------------------------------------------------------------------------
+NO_TOKENIZER = (
+    "BEiT needs visual-token targets but this model has no tokenizer and no labels were given. Train one "
+    "first, e.g. `mimkit tokenizer train --config configs/dvae_tiny_28.yaml` (writes runs/dvae_tiny_28/model), "
+    "then create the model with tokenizer_path=runs/dvae_tiny_28/model (config key model.tokenizer_path), "
+    "or pass labels=<(N, num_patches) token ids>."
+)
+
+
+def freeze(module: nn.Module | None) -> nn.Module | None:
+    """A target network that never trains: eval mode, no gradients (so no weight decay either)."""
+    if module is not None:
+        module.eval()
+        module.requires_grad_(False)
+    return module
+
+
+def vocabulary(tokenizer: nn.Module | None, vocab_size: int | None) -> int:
+    """The vocabulary a token head predicts: ``vocab_size``, checked against the tokenizer's (None: the
+    tokenizer's own)."""
+    if vocab_size is None:
+        if tokenizer is None:
+            raise ValueError("vocab_size=None takes the tokenizer's vocabulary, but no tokenizer_path was given")
+        return int(tokenizer.vocab_size)
+    if tokenizer is not None and tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} codes but vocab_size={vocab_size}; "
+                         f"set vocab_size={tokenizer.vocab_size} (or vocab_size=None)")
+    return int(vocab_size)
+
+
+def tokenizer_view(tokenizer: nn.Module, images: torch.Tensor, grid) -> torch.Tensor:
+    """The same crop at the tokenizer's resolution, ``grid * downsample`` pixels per side (bilinear,
+    antialiased), so each token lands on one model patch."""
+    down = tokenizer.img_size[0] // tokenizer.grid_size[0], tokenizer.img_size[1] // tokenizer.grid_size[1]
+    size = (grid[0] * down[0], grid[1] * down[1])
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@torch.no_grad()
+def token_ids(tokenizer: nn.Module | None, images: torch.Tensor, grid, view: torch.Tensor | None = None) -> torch.Tensor:
+    """Target ids (N, h*w) of the frozen ``tokenizer`` on ``view`` (default: :func:`tokenizer_view`),
+    computed in float32."""
+    if tokenizer is None:
+        raise ValueError(NO_TOKENIZER)
+    view = tokenizer_view(tokenizer, images, grid) if view is None else view
+    if view.shape[1] != tokenizer.in_chans:
+        raise ValueError(f"the tokenizer takes {tokenizer.in_chans} channel(s) but its view has {view.shape[1]}")
+    with torch.autocast(view.device.type, enabled=False):
+        ids = tokenizer.encode_ids(view.float())
+    n, L = images.shape[0], grid[0] * grid[1]
+    if ids.shape != (n, L):
+        raise ValueError(f"the tokenizer gives {ids.shape[1]} ids per image but BEiT has {L} patches; "
+                         "tokenizer_images must be a view whose token grid matches the patch grid")
+    return ids
+
+
+def hidden_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Ids of the hidden patches, (M,) in ``mask`` order, from ids for every patch (N, L) or already
+    one per hidden patch (M,) (the ``transformers`` convention)."""
+    labels = labels.long()
+    n, L = mask.shape
+    if labels.shape == (n, L):
+        return labels[mask]
+    if labels.ndim == 1 and labels.numel() == int(mask.sum()):
+        return labels
+    raise ValueError(f"labels must be (batch, num_patches) = {(n, L)} ids or one id per hidden patch "
+                     f"({int(mask.sum())}), got shape {tuple(labels.shape)}")
+
+
+def check_token_range(ids: torch.Tensor, vocab_size: int) -> None:
+    """Ids outside the vocabulary: a clear error on CPU; on an accelerator an asynchronous device
+    assert (no host sync per step)."""
+    if ids.device.type == "cpu":
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"label ids must lie in [0, {vocab_size}); got [{lo}, {hi}]")
+    else:
+        torch._assert_async((ids >= 0).all() & (ids < vocab_size).all(), f"BEiT label ids must lie in [0, {vocab_size})")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from .ops import pixel_mask
+
 
 def _plt():
     import matplotlib
@@ -25,12 +27,6 @@ def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images * std + mean).clamp(0, 1)
-
-
-def pixel_mask(mask: torch.Tensor, grid, patch: int) -> torch.Tensor:
-    """(N, L) patch mask -> (N, 1, H, W) pixel mask."""
-    m = mask.reshape(-1, grid[0], grid[1]).float()
-    return m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
 
 
 @torch.no_grad()
@@ -85,14 +81,15 @@ def save_reconstruction_grid(model, images, path, mean, std, noise=None, mask=No
 
 
 def save_curve(xs, ys_by_name: dict, path, xlabel="step", ylabel="loss", title=None, logy=False, marker=None,
-               hlines: dict | None = None):
+               hlines: dict | None = None, markers: dict | None = None):
     """Line plot of several series: ``ys_by_name`` maps a name to ``(x, y)`` or to ``y`` (then ``xs``
-    is shared). ``hlines`` maps a label to a constant drawn as a dashed reference line."""
+    is shared). ``hlines`` maps a label to a constant drawn as a dashed reference line; ``markers``
+    gives some series their own marker (e.g. sparse per-epoch points beside a per-step curve)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (x, y) in ys_by_name.items() if isinstance(next(iter(ys_by_name.values()), None), tuple) else \
             ((k, (xs, v)) for k, v in ys_by_name.items()):
-        ax.plot(x, y, label=name, marker=marker)
+        ax.plot(x, y, label=name, marker=(markers or {}).get(name, marker))
     for name, v in (hlines or {}).items():
         ax.axhline(v, linestyle="--", linewidth=1, color="grey")
         ax.annotate(name, (ax.get_xlim()[0], v), fontsize=7, color="grey", va="bottom")

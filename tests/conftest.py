@@ -22,3 +22,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@torch.no_grad()
+def perturb_weights(model, scale: float = 0.05, trainable_only: bool = False, skip: tuple[str, ...] = ()):
+    """Random, non-default values in every tensor (biases, norms, tokens, tables, layer scale), so a
+    parity test cannot pass on weights that merely kept their initial values. ``trainable_only`` keeps
+    fixed sin-cos tables (requires_grad=False) as they are; ``skip`` leaves parameters whose name contains
+    one of these strings alone. Returns the model."""
+    for name, p in model.named_parameters():
+        if (trainable_only and not p.requires_grad) or any(s in name for s in skip):
+            continue
+        p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+@pytest.fixture()
+def perturb():
+    """:func:`perturb_weights` as a fixture."""
+    return perturb_weights

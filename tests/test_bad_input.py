@@ -300,6 +300,31 @@ def test_loading_a_damaged_checkpoint_is_a_clear_error(trained_run, tmp_path, ki
         mimkit.load(last)
 
 
+class _RunsCode:
+    """Pickled into a checkpoint, unpickling it would create ``marker``: any code could run there."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_an_untrusted_checkpoint_is_refused_in_one_line(trained_run, tmp_path, capsys):
+    run, last = _damaged(trained_run, tmp_path, None)
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    torch.save({**ck, "payload": _RunsCode(run / "PWNED")}, last)
+    rc, err = cli(capsys, "--resume", str(last))
+    assert rc == 2
+    assert one_line_error(err) == (
+        f"mimkit pretrain: error: untrusted checkpoint {last}: it holds exec, not only tensors and plain containers, "
+        "and unpickling it could run code, so mimkit does not load it. If you trust this file, pass "
+        "--trust-checkpoint (trust_checkpoint=True in Python).")
+    with pytest.raises(ValueError, match="untrusted checkpoint"):
+        mimkit.load(last)
+    assert not (run / "PWNED").exists()
+
+
 def test_resume_with_another_model_is_refused(trained_run, tmp_path, capsys):
     run, last = _damaged(trained_run, tmp_path, None)
     rc, err = cli(capsys, "--resume", str(last), "model.embed_dim=48")

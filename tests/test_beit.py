@@ -3,9 +3,11 @@ import torch
 from transformers import BeitConfig, BeitForMaskedImageModeling
 
 import mimkit
+from conftest import perturb_weights
 from mimkit.encoders.beit import BEiTEncoder
 from mimkit.interop.hf import from_hf, to_hf
 from mimkit.masking import BlockMasking
+from mimkit.targets import tokenizer_view
 
 
 def small_hf(shared=True, per_layer=False, absolute=False, mean_pooling=True, layer_scale=0.1, vocab=50,
@@ -15,11 +17,7 @@ def small_hf(shared=True, per_layer=False, absolute=False, mean_pooling=True, la
                      use_shared_relative_position_bias=shared, use_relative_position_bias=per_layer,
                      use_absolute_position_embeddings=absolute, use_mean_pooling=mean_pooling,
                      layer_scale_init_value=layer_scale, layer_norm_eps=1e-6, attn_implementation=attn)
-    hf = BeitForMaskedImageModeling(cfg).eval()
-    with torch.no_grad():  # random, non-default weights everywhere (biases, norms, tables, layer scale)
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return hf
+    return perturb_weights(BeitForMaskedImageModeling(cfg).eval())
 
 
 CONFIGS = [
@@ -121,10 +119,7 @@ def test_encoder_options_match_beit_config():
 
 
 def test_attentions_and_hidden_states():
-    enc = BEiTEncoder(28, 4, 1, 32, 2, 4, use_relative_position_bias=True).eval()
-    with torch.no_grad():
-        for p in enc.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    enc = perturb_weights(BEiTEncoder(28, 4, 1, 32, 2, 4, use_relative_position_bias=True).eval())
     x = torch.randn(2, 1, 28, 28)
     plain = enc(x)
     out = enc(x, output_attentions=True, output_hidden_states=True)
@@ -199,10 +194,10 @@ def test_tokenizer_targets_two_views_and_frozen(tmp_path):
     assert torch.equal(out.extra["labels"], tok.eval().encode_ids(x)[mask])
     # a different resolution: the tokenizer view is the same crop resized to grid * downsample
     small = torch.randn(2, 1, 28, 28)
-    view = model.tokenizer_view(small)
+    view = tokenizer_view(model.tokenizer, small, model.grid(small))
     assert view.shape == (2, 1, 28, 28) and torch.equal(view, small)
     big = torch.randn(2, 1, 112, 112)
-    assert model.tokenizer_view(big).shape == (2, 1, 56 * 2, 56 * 2)
+    assert tokenizer_view(model.tokenizer, big, model.grid(big)).shape == (2, 1, 56 * 2, 56 * 2)
     # a supplied second view replaces the resize
     other = torch.randn(2, 1, 56, 56)
     assert torch.equal(model.tokenize(x, other), tok.encode_ids(other))

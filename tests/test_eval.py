@@ -330,3 +330,37 @@ def test_pretransform_equals_per_item_transform(chans, size):
     for i in (0, 9, 10, 36):
         torch.testing.assert_close(ready[i], tf(images[i].unsqueeze(0)), atol=1e-6, rtol=0)
     assert pretransform(images, tf, chans, size, max_bytes=1000) is None  # too big: stay lazy
+
+
+def test_balanced_label_subsets():
+    from mimkit.eval.data import balanced_indices
+
+    labels = torch.arange(10).repeat_interleave(30)[torch.randperm(300)]
+    idx = balanced_indices(labels, 7, seed=3)
+    assert len(idx) == 70 and torch.equal(torch.bincount(labels[idx]), torch.full((10,), 7))
+    assert torch.equal(idx, balanced_indices(labels, 7, seed=3)) and not torch.equal(idx, balanced_indices(labels, 7, seed=4))
+    assert set(balanced_indices(labels, 3, seed=3).tolist()) != set(idx[:30].tolist())
+    with pytest.raises(ValueError, match="class 0 has only 30 training images.*at most 30"):
+        balanced_indices(labels, 31)
+    with pytest.raises(ValueError, match="positive integer"):
+        balanced_indices(labels, 0)
+
+
+def test_cli_scarce_labels(image_folder, saved_mae, tmp_path, capsys):
+    """--labels-per-class N: a balanced subset of the training labels, fixed by --seed; the test set
+    is unchanged."""
+    from mimkit.cli import main
+
+    for protocol, extra in (("knn", ["--k", "3"]), ("linear", ["--epochs", "5", "--probe-batch-size", "4"])):
+        out = tmp_path / f"{protocol}.json"
+        assert main(["eval", protocol, "--checkpoint", str(saved_mae), "--data", str(image_folder),
+                     "--labels-per-class", "5", "--seed", "1", "--out", str(out), "--no-progress", *extra]) == 0
+        r = json.loads(out.read_text())
+        assert r["train_images"] == 10 and r["test_images"] == 16 and r["labels_per_class"] == 5
+    out = tmp_path / "ft.json"
+    assert main(["finetune", "--checkpoint", str(saved_mae), "--data", str(image_folder), "--epochs", "1",
+                 "--batch-size", "4", "--labels-per-class", "6", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["results"]["train_images"] == 12
+    assert main(["eval", "knn", "--checkpoint", str(saved_mae), "--data", str(image_folder),
+                 "--labels-per-class", "25"]) == 2
+    assert "class 0 has only 24 training images" in capsys.readouterr().err

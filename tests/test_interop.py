@@ -11,6 +11,7 @@ import torch
 import transformers
 
 import mimkit
+from conftest import perturb_weights
 from mimkit.base import MIMModel
 from mimkit.cli import main as cli
 from mimkit.interop import hf as hf_interop
@@ -18,7 +19,7 @@ from mimkit.interop.hf import from_hf, to_hf
 from mimkit.interop.official import load_official_mae, official_mae_state_dict
 from mimkit.interop.timm import _ENCODER_ARGS, from_timm, load_timm, timm_state_dict, to_timm
 from mimkit.ops import resize_pos_embed, sincos_pos_embed_2d
-from mimkit.registry import BUILDERS, _load_all
+from mimkit.registry import get_builder, list_builders
 
 # method -> (recipe, tiny overrides, another (H, W) to run at)
 TINY = {
@@ -28,21 +29,20 @@ TINY = {
     "maskfeat": ("maskfeat_vit_tiny_patch4_28", dict(embed_dim=32, depth=2, num_heads=2)),
     "beit": ("beit_vit_tiny_patch4_28", dict(embed_dim=32, depth=2, num_heads=2, vocab_size=16)),
     "simmim_swin": ("simmim_swin_tiny_window4_32", dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2))),
+    "data2vec2": ("data2vec2_vit_tiny_patch4_28", dict(embed_dim=32, depth=2, num_heads=2, decoder_dim=32,
+                                                       decoder_layers=1, top_k_layers=2, num_masks=2)),
+    "ijepa": ("ijepa_vit_tiny_patch4_28", dict(embed_dim=32, depth=2, num_heads=2, predictor_embed_dim=16,
+                                               predictor_depth=1, predictor_num_heads=2)),
 }
 OTHER_SIZE = {"simmim_swin": (32, 48)}  # Swin: multiples of its stride (8); ViTs: any multiple of the patch
-_load_all()
-METHODS = [m for m in TINY if m in BUILDERS]
-HF_METHODS = [m for m in METHODS if m in hf_interop._tables()[1]]
+METHODS = [m for m in TINY if m in list_builders()]
+# whole-model transformers classes (IJepaModel holds I-JEPA's encoder only: tests/test_teacher_methods.py)
+HF_METHODS = [m for m in METHODS if m in hf_interop._tables()[1] and m != "ijepa"]
 
 
 def tiny(method):
     recipe, kw = TINY[method]
-    model = mimkit.create(recipe, **kw).eval()
-    with torch.no_grad():  # no default-valued tensor (norms, biases, tokens, learned positions)
-        for p in model.parameters():
-            if p.requires_grad:  # fixed sin-cos tables stay sin-cos
-                p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return perturb_weights(mimkit.create(recipe, **kw).eval(), trainable_only=True)  # sin-cos stays sin-cos
 
 
 def images(model, size=None, n=2):
@@ -75,10 +75,9 @@ def timm_encode(tm, x):
     """timm features in ``model.encode``'s layout. Swin gives the last stage NHWC; mimkit's Swin
     ``encode`` puts the mean token (timm's pooled feature) in front of the flattened tokens."""
     f = tm.forward_features(x)
-    if f.ndim == 4:
-        f = f.flatten(1, 2)
-        f = torch.cat([f.mean(1, keepdim=True), f], dim=1)
-    return f
+    no_cls = f.ndim == 4 or getattr(tm, "cls_token", 1) is None  # Swin, I-JEPA: the mean token in front
+    f = f.flatten(1, 2) if f.ndim == 4 else f
+    return torch.cat([f.mean(1, keepdim=True), f], dim=1) if no_cls else f
 
 
 def non_encoder_args(model):
@@ -90,7 +89,8 @@ TOKENIZERS = {"dvae", "dalle_encoder"}  # BEiT's visual tokenizers: convolutiona
 
 
 def test_every_registered_method_is_covered():
-    mim_builders = {n for n, b in BUILDERS.items() if isinstance(b, type) and issubclass(b, MIMModel)} - TOKENIZERS
+    mim_builders = {n for n in list_builders() if isinstance(get_builder(n), type)
+                    and issubclass(get_builder(n), MIMModel)} - TOKENIZERS
     assert mim_builders <= set(TINY), f"add a tiny configuration for {sorted(mim_builders - set(TINY))}"
     assert "mae" in METHODS
 
@@ -232,11 +232,7 @@ def _official_sized_mae():
     # widths whose official head counts are inferable (width // 64 and decoder width // 32)
     model = mimkit.create("mae_vit_tiny_patch4_28", embed_dim=64, depth=1, num_heads=1, decoder_embed_dim=32,
                           decoder_depth=1, decoder_num_heads=1).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "pos_embed" not in name:  # keep the fixed sin-cos tables as the official code stores them
-                p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return perturb_weights(model, skip=("pos_embed",))  # sin-cos tables as the official code stores them
 
 
 def test_official_mae_pth_round_trip(tmp_path):
@@ -349,11 +345,7 @@ def test_transformers_eps_survives_timm_export(tmp_path):
                        image_size=16, patch_size=4, num_channels=1, decoder_hidden_size=16,
                        decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32)
     assert cfg.layer_norm_eps == 1e-12  # transformers' default, not timm's 1e-6
-    model = from_hf(ViTMAEForPreTraining(cfg))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    model = perturb_weights(from_hf(ViTMAEForPreTraining(cfg)), trainable_only=True)
     x = torch.randn(2, 1, 16, 16)
     assert (to_timm(model).forward_features(x) - model.encode(x)).abs().max() < 1e-6
     with pytest.warns(UserWarning, match="eps"):

@@ -18,12 +18,8 @@ def small_hf(norm_pix_loss=False, mask_ratio=0.6, image_size=28, patch_size=4, c
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 @pytest.mark.parametrize("mask_ratio,channels", [(0.6, 1), (0.75, 3)])
-def test_parity_with_transformers(norm_pix_loss, mask_ratio, channels):
-    hf = small_hf(norm_pix_loss, mask_ratio, channels=channels)
-    # random (not default) weights everywhere, including biases and norms
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+def test_parity_with_transformers(norm_pix_loss, mask_ratio, channels, perturb):
+    hf = perturb(small_hf(norm_pix_loss, mask_ratio, channels=channels))
     model = from_hf(hf).eval()
     x = torch.randn(3, channels, 28, 28)
     noise = torch.rand(3, 49)

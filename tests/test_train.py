@@ -326,3 +326,25 @@ def test_allocator_tuning_stops_page_faulting_freed_memory_in_again():
     pages = 4 * (2 * (20 << 20) // 4096)  # the 4 measured steps' two blocks, page by page
     assert faults["plain"] > pages // 2, faults  # the baseline really page-faults
     assert faults["tuned"] < pages // 20, faults
+
+
+@pytest.mark.parametrize("flag", [1.0, 0.0])
+def test_fused_adamw_skips_on_found_inf(flag):
+    """The torch behaviour ``skip_step_if`` relies on: fused Adam/AdamW read ``optimizer.found_inf`` and
+    leave parameters, moments and the step count untouched where it is set. If torch changes this, the
+    sync-free NaN check would silently apply bad updates: this test then fails."""
+    from mimkit.train.module import skip_step_if
+
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([w], lr=0.1, fused=True)
+    for step in range(2):
+        w.grad = torch.full_like(w, 0.5)
+        assert skip_step_if(opt, torch.tensor(flag if step else 0.0))
+        opt.step()
+    after_first = 1.0 - 0.1 * (1.0 + 0.01)  # one AdamW step: lr * (m_hat / sqrt(v_hat) + wd * w)
+    state = opt.state[w]
+    if flag:
+        assert torch.allclose(w, torch.full_like(w, after_first), atol=1e-6) and int(state["step"]) == 1
+    else:
+        assert w[0] < after_first - 0.05 and int(state["step"]) == 2
+    assert not skip_step_if(torch.optim.AdamW([w], lr=0.1), torch.tensor(1.0))  # only fused optimisers honour it

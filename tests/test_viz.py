@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 import mimkit
+from conftest import perturb_weights
 from mimkit.viz import attention_maps, reconstruction_panels, save_attention_grid, save_reconstruction_grid
 
 MEAN, STD = (0.5,), (0.25,)
@@ -21,17 +22,11 @@ def tiny(recipe="mae_vit_tiny_patch4_28", **kw):
     return mimkit.create(recipe, **size, **kw).eval()
 
 
-def _perturb(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-
-
 @pytest.mark.parametrize("recipe", ["mae_vit_tiny_patch4_28", "beit_vit_tiny_patch4_28"])
 def test_output_attentions_rows_sum_to_one_and_match_manual(recipe):
     kw = {"vocab_size": 16} if recipe.startswith("beit") else {}
     model = tiny(recipe, **kw)
-    _perturb(model)
+    perturb_weights(model)
     enc = model.encoder
     x = torch.randn(2, 1, 28, 28)
     out = enc(x, output_attentions=True, output_hidden_states=True)

@@ -12,9 +12,11 @@ import json
 import time
 from pathlib import Path
 
+from mimkit.commands import add_trust_flag
+
 
 def _common(p) -> None:
-    from mimkit.eval.data import CHECKPOINT_HELP, DATA_HELP
+    from mimkit.eval.data import CHECKPOINT_HELP, DATA_HELP, LABELS_PER_CLASS_HELP
 
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--pool", choices=("cls", "mean", "both"), default=None,
@@ -25,6 +27,8 @@ def _common(p) -> None:
     p.add_argument("--out", help="write the results to this JSON file")
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--labels-per-class", type=int, metavar="N", help=LABELS_PER_CLASS_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of the labelled subset (and the probe's init)")
     p.add_argument("--batch-size", type=int, default=512, help="feature-extraction batch size (default 512)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--mean", type=float, nargs="+", help="input normalisation mean (default: the dataset's)")
@@ -32,6 +36,7 @@ def _common(p) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(p)
 
 
 def register(sub) -> None:
@@ -53,7 +58,6 @@ def register(sub) -> None:
     lin.add_argument("--blr", type=float, help="base lr; lr = blr * batch / 256 (default sgd 0.4, lars 1.6, adamw 1e-3)")
     lin.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
     lin.add_argument("--weight-decay", type=float, default=0.0)
-    lin.add_argument("--seed", type=int, default=0)
     lin.set_defaults(func=run, protocol="linear")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -61,7 +65,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from mimkit.eval.data import check_same_classes, eval_dataset, load_model_spec, print_table
+    from mimkit.eval.data import check_same_classes, eval_dataset, labelled_subset, load_model_spec, print_table
     from mimkit.eval.features import extract_features, has_cls_token
 
     t0 = time.time()
@@ -70,6 +74,7 @@ def run(args) -> int:
         args.pool, (args.pool,))
     kw = dict(mean=args.mean, std=args.std, root=args.data_root)
     train, tr_classes = eval_dataset(args.data, "train", model, limit=args.limit, **kw)
+    train = labelled_subset(train, args.labels_per_class, args.seed)
     test, te_classes = eval_dataset(args.data, "test", model, limit=args.test_limit, **kw)
     check_same_classes(tr_classes, te_classes)
     progress = not args.no_progress
@@ -95,6 +100,7 @@ def run(args) -> int:
     summary = {
         "protocol": args.protocol, "checkpoint": args.checkpoint, "data": args.data,
         "train_images": len(train), "test_images": len(test), "feature_dim": int(ftr[pools[0]].shape[1]),
+        "labels_per_class": args.labels_per_class, "seed": args.seed,
         "results": results, "feature_seconds": round(t_feat, 1), "total_seconds": round(time.time() - t0, 1),
     }
     name = {"knn": f"{args.k if args.protocol == 'knn' else ''}-NN", "linear": "linear probe"}[args.protocol]

@@ -1,6 +1,8 @@
 """``mimkit export``: a mimkit checkpoint -> transformers directory, timm directory or mimkit safetensors."""
 from __future__ import annotations
 
+from mimkit.commands import add_trust_flag
+
 FORMATS = ("hf", "timm", "safetensors")
 
 
@@ -20,6 +22,7 @@ def register(sub) -> None:
                    help="export for another input resolution: H or H W (position embeddings are "
                         "recomputed / interpolated)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(p)
     p.set_defaults(func=run)
 
 

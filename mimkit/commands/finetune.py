@@ -7,9 +7,11 @@ import json
 import time
 from pathlib import Path
 
+from mimkit.commands import add_trust_flag
+
 
 def register(sub) -> None:
-    from mimkit.eval.data import CHECKPOINT_HELP, DATA_HELP
+    from mimkit.eval.data import CHECKPOINT_HELP, DATA_HELP, LABELS_PER_CLASS_HELP
     from mimkit.eval import FINETUNE_DEFAULTS as D
 
     p = sub.add_parser("finetune", help="fine-tune an encoder + linear head (layer decay, drop path, mixup)",
@@ -38,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--no-hflip", action="store_true", help="no random horizontal flips")
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--labels-per-class", type=int, metavar="N", help=LABELS_PER_CLASS_HELP)
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs (default: only at the end)")
     p.add_argument("--mean", type=float, nargs="+", help="input normalisation mean (default: the dataset's)")
     p.add_argument("--std", type=float, nargs="+", help="input normalisation std")
@@ -49,11 +52,12 @@ def register(sub) -> None:
                                       "finetune.json) and the training logs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mimkit.eval.data import check_same_classes, eval_dataset, load_model_spec, print_table
+    from mimkit.eval.data import check_same_classes, eval_dataset, labelled_subset, load_model_spec, print_table
     from mimkit.eval.finetune import finetune
 
     t0 = time.time()
@@ -62,6 +66,7 @@ def run(args) -> int:
     kw = dict(mean=args.mean, std=args.std, root=args.data_root)
     train, tr_classes = eval_dataset(args.data, "train", model, train_aug=True, limit=args.limit,
                                      crop_scale=tuple(args.crop_scale), hflip=not args.no_hflip, **kw)
+    train = labelled_subset(train, args.labels_per_class, args.seed)
     test, te_classes = eval_dataset(args.data, "test", model, limit=args.test_limit, **kw)
     check_same_classes(tr_classes, te_classes)
     _, res = finetune(model, train, test, len(tr_classes), pool=pool, epochs=args.epochs, batch_size=args.batch_size,
@@ -72,6 +77,7 @@ def run(args) -> int:
                       eval_every=args.eval_every, accelerator=args.accelerator)
     summary = {"protocol": "finetune", "checkpoint": args.checkpoint, "data": args.data,
                "crop_scale": list(args.crop_scale), "hflip": not args.no_hflip, "results": res,
+               "labels_per_class": args.labels_per_class,
                "total_seconds": round(time.time() - t0, 1)}
     print()
     print_table([("fine-tune", pool, args.epochs, f"{res['train_loss_last_epoch']:.4f}", f"{res['acc']:.4f}")],

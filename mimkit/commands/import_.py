@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from mimkit.commands import add_trust_flag
+
 SOURCES = ("hf", "official", "timm")
 
 
@@ -23,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--img-size", type=int, nargs="+", metavar="PX",
                    help="write the model for another input resolution: H or H W")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(p)
     p.set_defaults(func=run)
 
 
@@ -43,7 +46,7 @@ def run(args) -> int:
     from pathlib import Path
 
     import mimkit
-    from mimkit.checkpoint import _build_and_load, model_config
+    from mimkit.checkpoint import build_and_load, model_config
     from mimkit.commands.export import img_size_arg
 
     fmt, src = args.source
@@ -68,7 +71,7 @@ def run(args) -> int:
         model = import_timm_dir(src, method=args.method, **overrides)
     size = img_size_arg(args.img_size)
     if size is not None:
-        model = _build_and_load(model_config(model), model.state_dict(), src, size)
+        model = build_and_load(model_config(model), model.state_dict(), src, size)
     out = mimkit.save(model, Path(args.out))
     cfg = model_config(model)
     print(f"wrote {out}/model.safetensors + config.json ({cfg.get('recipe') or cfg.get('builder')}, "

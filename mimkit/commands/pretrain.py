@@ -1,6 +1,8 @@
 """``mimkit pretrain --config configs/X.yaml [section.key=value ...] [--resume CKPT]``."""
 from __future__ import annotations
 
+from mimkit.commands import add_trust_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining (Lightning)",
@@ -10,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("--resume", help="checkpoint or run directory to continue from (e.g. runs/<run> or "
                                     "runs/<run>/checkpoints/last.ckpt); the run's own config.yaml is reused")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(p)
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=run)
 

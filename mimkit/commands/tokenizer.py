@@ -6,14 +6,20 @@
 * ``mimkit tokenizer encode --tokenizer RUN --images SPEC --out ids.pt`` saves the ids (N, h*w).
 * ``mimkit tokenizer stats --tokenizer RUN --images SPEC`` prints PSNR, perplexity and codebook usage
   and writes a reconstructions PNG.
-* ``mimkit tokenizer import-dalle --weights dalle_encoder.pt --out DIR`` stores a DALL-E encoder state
-  dict as a mimkit model directory (usable as BEiT's ``tokenizer_path``).
+* ``mimkit tokenizer import --format dalle|dalle-pytorch --weights FILE --out DIR`` stores a DALL-E
+  encoder state dict, or BEiT's "customized" DALLE-pytorch dVAE (``pytorch_model.bin``), as a mimkit
+  model directory (usable as BEiT's ``tokenizer_path``); ``import-dalle`` is ``import --format dalle``.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from mimkit.commands import add_trust_flag
+
+IMPORT_FORMATS = ("dalle", "dalle-pytorch")
+TOKENIZER_HELP = ("tokenizer run directory, model dir, .safetensors, or a DALL-E / DALLE-pytorch state dict "
+                  "(.pt, .bin)")
 IMAGES_HELP = ("fashion_mnist[:train|test], a directory of images (searched recursively) or a .pt image "
                "tensor (N, C, H, W) already normalised for the tokenizer")
 
@@ -31,27 +37,30 @@ def register(sub) -> None:
     t.add_argument("--stats-images", type=int, default=2000,
                    help="held-out images used for the final PSNR / codebook report (default 2000)")
     t.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(t)
     t.add_argument("overrides", nargs="*", help="section.key=value")
     t.set_defaults(func=run_train)
 
     e = tsub.add_parser("encode", help="token ids of images")
-    e.add_argument("--tokenizer", required=True, help="tokenizer run directory, model dir, .safetensors or DALL-E .pt")
+    e.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
     e.add_argument("--images", required=True, help=IMAGES_HELP)
     e.add_argument("--out", required=True, help="output .pt file: {'ids': (N, h*w) long, 'grid', 'vocab_size', 'files'}")
     e.add_argument("--limit", type=int, help="only the first N images")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--device", default="cpu")
     e.add_argument("--debug", action="store_true")
+    add_trust_flag(e)
     e.set_defaults(func=run_encode)
 
     s = tsub.add_parser("stats", help="PSNR, perplexity and codebook usage; reconstructions PNG")
-    s.add_argument("--tokenizer", required=True, help="tokenizer run directory, model dir, .safetensors or DALL-E .pt")
+    s.add_argument("--tokenizer", required=True, help=TOKENIZER_HELP)
     s.add_argument("--images", default="fashion_mnist:test", help=IMAGES_HELP + " (default fashion_mnist:test)")
     s.add_argument("--out", help="directory for reconstructions.png and stats.json (default: beside the tokenizer)")
     s.add_argument("--limit", type=int, default=10000, help="only the first N images (default 10000)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", default="cpu")
     s.add_argument("--debug", action="store_true")
+    add_trust_flag(s)
     s.set_defaults(func=run_stats)
 
     d = tsub.add_parser("import-dalle", help="store a DALL-E encoder state dict as a mimkit tokenizer")
@@ -61,7 +70,32 @@ def register(sub) -> None:
     d.add_argument("--mean", type=float, nargs="+", help="normalisation of the images BEiT is fed (to undo)")
     d.add_argument("--std", type=float, nargs="+")
     d.add_argument("--debug", action="store_true")
+    add_trust_flag(d)
     d.set_defaults(func=run_import_dalle)
+
+    i = tsub.add_parser("import", help="store a DALL-E encoder or a DALLE-pytorch dVAE as a mimkit tokenizer",
+                        description="Convert tokenizer weights to a mimkit model directory (config.json + "
+                                    "model.safetensors) that BEiT recipes use through model.tokenizer_path. "
+                                    "dalle: a state dict of dall_e's Encoder; dalle-pytorch: BEiT's customized "
+                                    "dVAE (pytorch_model.bin holding {'weights': state_dict}); shapes are read "
+                                    "from the weights.")
+    i.add_argument("--format", required=True, choices=IMPORT_FORMATS, help="layout of the weights")
+    i.add_argument("--weights", required=True, help="weights file (.bin/.pt/.pth/.safetensors)")
+    i.add_argument("--out", required=True, help="output directory (config.json + model.safetensors)")
+    i.add_argument("--image-size", "--img-size", dest="img_size", type=int, default=112,
+                   help="tokenizer view size (default 112, BEiT's second view: 14x14 tokens)")
+    i.add_argument("--num-layers", type=int, help="dalle-pytorch: strided layers (checked against the weights)")
+    i.add_argument("--num-tokens", type=int, help="dalle-pytorch: codebook size (checked against the weights)")
+    i.add_argument("--codebook-dim", type=int, help="dalle-pytorch: code width (checked against the weights)")
+    i.add_argument("--hidden-dim", type=int, help="dalle-pytorch: conv width (checked against the weights)")
+    i.add_argument("--input-mean", type=float, nargs="+", default=[0.5],
+                   help="dalle-pytorch: normalisation the dVAE expects its inputs in (default 0.5, as BEiT)")
+    i.add_argument("--input-std", type=float, nargs="+", default=[0.5])
+    i.add_argument("--mean", type=float, nargs="+", help="normalisation of the images BEiT is fed (to undo)")
+    i.add_argument("--std", type=float, nargs="+")
+    i.add_argument("--debug", action="store_true")
+    add_trust_flag(i)
+    i.set_defaults(func=run_import)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -180,4 +214,27 @@ def run_import_dalle(args) -> int:
     save_model(enc, args.out)
     print(f"mimkit: DALL-E encoder ({enc.vocab_size} codes, {enc.grid_size[0]}x{enc.grid_size[1]} tokens at "
           f"{enc.img_size[0]} px) saved to {args.out}; use it with model.tokenizer_path={args.out}")
+    return 0
+
+
+def run_import(args) -> int:
+    from mimkit.checkpoint import save_model
+    from mimkit.tokenizer import load_dalle_encoder, load_dalle_pytorch_dvae
+
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("give both --mean and --std or neither")
+    if args.format == "dalle":
+        extra = [k for k in ("num_layers", "num_tokens", "codebook_dim", "hidden_dim") if getattr(args, k) is not None]
+        if extra:
+            raise ValueError(f"--{extra[0].replace('_', '-')} is for --format dalle-pytorch; a DALL-E encoder's "
+                             "shapes all come from its weights")
+        tok = load_dalle_encoder(args.weights, img_size=args.img_size, pixel_mean=args.mean, pixel_std=args.std)
+    else:
+        tok = load_dalle_pytorch_dvae(args.weights, img_size=args.img_size, num_layers=args.num_layers,
+                                      num_tokens=args.num_tokens, codebook_dim=args.codebook_dim,
+                                      hidden_dim=args.hidden_dim, input_mean=args.input_mean,
+                                      input_std=args.input_std, pixel_mean=args.mean, pixel_std=args.std)
+    save_model(tok, args.out)
+    print(f"mimkit: {args.format} tokenizer ({tok.vocab_size} codes, {tok.grid_size[0]}x{tok.grid_size[1]} tokens "
+          f"at {tok.img_size[0]} px) saved to {args.out}; use it with model.tokenizer_path={args.out}")
     return 0

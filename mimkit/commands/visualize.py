@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mimkit.commands import add_trust_flag
+
 WHAT = ("both", "reconstruction", "attention")
 
 
@@ -44,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--std", type=float, nargs="+", help="input normalisation std")
     p.add_argument("--out", default="runs/visualize", help="output directory (default runs/visualize)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_trust_flag(p)
     p.set_defaults(func=run)
 
 

@@ -22,7 +22,6 @@ attention weights are computed (with the bias) only when ``output_attentions`` i
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -32,22 +31,9 @@ from timm.models.beit import Block, RelativePositionBias, gen_relative_position_
 from torch import nn
 
 from ..base import EncoderOutput
-from ..ops import check_image_size, resize_pos_embed, to_2tuple
-
-
-def resize_rel_pos_table(table: torch.Tensor, old_window, new_window) -> torch.Tensor:
-    """Bilinear resize of a relative position bias table ((2h-1)*(2w-1)+3, heads) to another grid,
-    keeping the 3 cls entries, as ``transformers``' ``BeitRelativePositionBias`` does (identical for
-    square grids; correct row/column order for rectangular ones)."""
-    old_window, new_window = tuple(old_window), tuple(new_window)
-    if old_window == new_window:
-        return table
-    oh, ow = 2 * old_window[0] - 1, 2 * old_window[1] - 1
-    nh, nw = 2 * new_window[0] - 1, 2 * new_window[1] - 1
-    sub = table[: oh * ow].reshape(1, oh, ow, -1).permute(0, 3, 1, 2)
-    sub = F.interpolate(sub.float(), size=(nh, nw), mode="bilinear").to(table.dtype)
-    sub = sub.permute(0, 2, 3, 1).reshape(nh * nw, -1)
-    return torch.cat([sub, table[oh * ow:]], dim=0)
+from ..ops import (check_image_size, init_trunc_normal_, rescale_residual_branches_, resize_pos_embed,
+                   resize_rel_pos_table, to_2tuple)
+from .base import MaskedEncoder
 
 
 def rel_pos_bias_from_table(table: torch.Tensor, table_window, window) -> torch.Tensor:
@@ -59,10 +45,25 @@ def rel_pos_bias_from_table(table: torch.Tensor, table_window, window) -> torch.
     return table[index.reshape(-1)].reshape(t, t, -1).permute(2, 0, 1).contiguous()
 
 
-class BEiTEncoder(nn.Module):
+class BEiTEncoder(MaskedEncoder):
+    """Args:
+        img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, norm_eps: as
+            :class:`~mimkit.encoders.vit.ViTEncoder`.
+        qkv_bias: biases on the query and value projections (the key has none, as in BEiT).
+        use_mask_token: learnable mask token for hidden patches.
+        use_shared_relative_position_bias / use_relative_position_bias: one relative position table for
+            all blocks (BEiT pretraining) / one per block; both may be on (they add up).
+        use_absolute_position_embeddings: learned absolute positions as well.
+        layer_scale_init_value: layer scale on both residual branches (0 disables it).
+        drop_path_rate: stochastic depth, linear over the blocks.
+
+    ``forward(images, mask=None | (N, L), ids_keep=None | (N, K))`` -> :class:`~mimkit.base.EncoderOutput`
+    with ``last_hidden_state`` (N, 1 + L or K, D).
+    """
+
     def __init__(
         self,
-        img_size=224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 16,
         in_chans: int = 3,
         embed_dim: int = 768,
@@ -125,23 +126,13 @@ class BEiTEncoder(nn.Module):
     def init_weights(self) -> None:
         """trunc-normal(0.02) linears and tokens, zero biases, unit norms, then the BEiT rescale of
         each block's output projections by 1/sqrt(2*layer)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal_(self, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         if self.mask_token is not None:
             trunc_normal_(self.mask_token, std=0.02)
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
-        with torch.no_grad():
-            for i, blk in enumerate(self.blocks):
-                blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
-                blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
+        rescale_residual_branches_(self.blocks)
 
     def no_weight_decay(self) -> set[str]:
         names = {"pos_embed", "cls_token", "mask_token"}
@@ -149,10 +140,6 @@ class BEiTEncoder(nn.Module):
         return names
 
     # ---- helpers --------------------------------------------------------------------------------
-    def grid(self, images: torch.Tensor) -> tuple[int, int]:
-        check_image_size(tuple(images.shape[-2:]), self.patch_size)
-        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
-
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
         if self.pos_embed is None:
             return None
@@ -172,26 +159,6 @@ class BEiTEncoder(nn.Module):
         if table is None:
             return None
         return rel_pos_bias_from_table(table, self.grid_size, grid)
-
-    def embed(self, images, mask=None, ids_keep=None):
-        """Patch tokens (+mask token, +positions, visible subset) with cls prepended."""
-        grid = self.grid(images)
-        x = self.patch_embed(images)
-        if mask is not None:
-            if self.mask_token is None:
-                raise ValueError("this encoder has no mask token (use_mask_token=False); pass ids_keep instead")
-            if mask.numel() != x.shape[0] * x.shape[1]:
-                raise ValueError(f"mask must have shape (batch, num_patches) = {tuple(x.shape[:2])}, "
-                                 f"got {tuple(mask.shape)}")
-            w = mask.reshape(x.shape[0], -1, 1).to(x.dtype)
-            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
-        pos = self.pos_embed_for(grid)
-        if pos is not None:
-            x = x + pos[:, 1:]
-        if ids_keep is not None:
-            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        cls = self.cls_token if pos is None else self.cls_token + pos[:, :1]
-        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
     @staticmethod
     def _gather_bias(bias, ids_keep):

@@ -21,18 +21,33 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from ..base import EncoderOutput
-from ..ops import to_2tuple
+from ..ops import patch_grid, to_2tuple
+from .base import apply_mask_token
 
 
 class SwinEncoder(nn.Module):
+    """Args:
+        img_size: int or (H, W); fixed (attention windows and masks are built for it); must be a
+            multiple of the output stride ``patch_size * 2^(stages-1)``.
+        patch_size, in_chans, embed_dim: patch embedding (timm's conv + LayerNorm).
+        depths, num_heads: blocks and heads per stage; window_size, mlp_ratio, qkv_bias: as timm.
+        norm_eps: epsilon of the block norms and the final norm.
+        ape: learned absolute position embedding on the patch grid.
+        use_mask_token: SimMIM's mask token, applied on the patch grid before ``ape``.
+        drop_path_rate: stochastic depth, linear over all blocks.
+
+    ``forward(images, mask=None | (N, L))`` -> :class:`~mimkit.base.EncoderOutput` with
+    ``last_hidden_state`` (N, h'*w', num_features), the last stage's tokens (no class token).
+    """
+
     def __init__(
         self,
-        img_size=192,
+        img_size: int | tuple[int, int] = 192,
         patch_size: int = 4,
         in_chans: int = 3,
         embed_dim: int = 128,
-        depths=(2, 2, 18, 2),
-        num_heads=(4, 8, 16, 32),
+        depths: tuple[int, ...] = (2, 2, 18, 2),
+        num_heads: tuple[int, ...] = (4, 8, 16, 32),
         window_size: int = 6,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -94,7 +109,7 @@ class SwinEncoder(nn.Module):
         return names
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
-        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        return patch_grid(images, self.patch_size)
 
     def out_grid(self, images: torch.Tensor) -> tuple[int, int]:
         """Token grid of the last stage."""
@@ -114,13 +129,7 @@ class SwinEncoder(nn.Module):
         x = self.patch_embed(images)  # N, h, w, C (normed)
         n, h, w, c = x.shape
         if mask is not None:
-            if self.mask_token is None:
-                raise ValueError("this encoder has no mask token (use_mask_token=False)")
-            if mask.numel() != n * h * w:
-                raise ValueError(f"mask must have {h * w} entries per image (the {h}x{w} Swin patch grid), "
-                                 f"got shape {tuple(mask.shape)}")
-            m = mask.reshape(n, h, w, 1).to(x.dtype)
-            x = x * (1 - m) + self.mask_token.to(x.dtype).reshape(1, 1, 1, c) * m
+            x = apply_mask_token(x, mask, self.mask_token)
         if self.absolute_pos_embed is not None:
             x = x + self.absolute_pos_embed.reshape(1, h, w, c).to(x.dtype)
         return x

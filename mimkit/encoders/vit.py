@@ -1,14 +1,16 @@
 """ViT encoder built from timm blocks.
 
-One configurable class covers both MIM modes:
-* visible tokens only (MAE): pass ``ids_keep`` and only those patch tokens enter the blocks;
-* all tokens with a learnable mask token (SimMIM, BEiT, MaskFeat): pass ``mask`` (N, L), hidden
-  patch embeddings are replaced by the mask token before cls and positions are added.
+One configurable class covers both MIM modes (through the shared front end of
+:mod:`mimkit.encoders.base`):
+* visible tokens only (MAE, data2vec 2.0, I-JEPA): pass ``ids_keep`` and only those patch tokens
+  enter the blocks;
+* all tokens with a learnable mask token (SimMIM, MaskFeat): pass ``mask`` (N, L), hidden patch
+  embeddings are replaced by the mask token before cls and positions are added.
 Position embeddings are recomputed (sin-cos) or interpolated (learned) for other input sizes.
+``class_token=False`` gives I-JEPA's encoder (patch tokens only, as ``transformers`` ``IJepaModel``).
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -17,7 +19,8 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..base import EncoderOutput
-from ..ops import check_image_size, resize_pos_embed, sincos_pos_embed_2d, to_2tuple
+from ..ops import check_image_size, init_xavier_, resize_pos_embed, sincos_pos_embed_2d, to_2tuple
+from .base import MaskedEncoder
 
 
 def attention_probs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -30,10 +33,26 @@ def attention_probs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
-class ViTEncoder(nn.Module):
+class ViTEncoder(MaskedEncoder):
+    """Args:
+        img_size: int or (H, W) the position embedding is built for (other sizes work: positions are
+            recomputed or interpolated).
+        patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the usual ViT sizes.
+        norm_eps: LayerNorm epsilon (1e-6 in MAE; ``transformers`` defaults to 1e-12).
+        pos_embed: ``"sincos"`` (fixed 2-D sin-cos, MAE) or ``"learned"`` (SimMIM, BEiT-style ViTs).
+        use_mask_token: add a learnable mask token (the all-tokens mode).
+        drop_path_rate: stochastic depth, linear over the blocks.
+        init_values: layer-scale init (None: no layer scale).
+        class_token: prepend a class token (False for I-JEPA).
+
+    ``forward(images (N, C, H, W), mask=None | (N, L), ids_keep=None | (N, K))`` returns an
+    :class:`~mimkit.base.EncoderOutput` whose ``last_hidden_state`` is (N, prefix + L or K, D) after
+    the final norm (prefix = 1 with a class token).
+    """
+
     def __init__(
         self,
-        img_size=224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 16,
         in_chans: int = 3,
         embed_dim: int = 768,
@@ -46,6 +65,7 @@ class ViTEncoder(nn.Module):
         use_mask_token: bool = False,
         drop_path_rate: float = 0.0,
         init_values: float | None = None,
+        class_token: bool = True,
     ):
         super().__init__()
         self.img_size = to_2tuple(img_size)
@@ -60,9 +80,9 @@ class ViTEncoder(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.pos_embed_type = pos_embed
         self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_mask_token else None
-        pe = sincos_pos_embed_2d(embed_dim, self.grid_size, cls_token=True)
+        pe = sincos_pos_embed_2d(embed_dim, self.grid_size, cls_token=class_token)
         self.pos_embed = nn.Parameter(pe, requires_grad=(pos_embed == "learned"))
         norm = partial(nn.LayerNorm, eps=norm_eps)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
@@ -78,44 +98,24 @@ class ViTEncoder(nn.Module):
     def init_weights(self) -> None:
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
         if self.mask_token is not None:
             nn.init.normal_(self.mask_token, std=0.02)
         if self.pos_embed_type == "learned":
             trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks.apply(_init_linear_ln)
-        _init_linear_ln(self.norm)
+        init_xavier_(self.blocks)
+        init_xavier_(self.norm)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "mask_token"}
-
-    # ---- helpers ----------------------------------------------------------------------------
-    def grid(self, images: torch.Tensor) -> tuple[int, int]:
-        check_image_size(tuple(images.shape[-2:]), self.patch_size)
-        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         if tuple(grid) == self.grid_size:
             return self.pos_embed
         if self.pos_embed_type == "sincos":
-            return sincos_pos_embed_2d(self.embed_dim, grid).to(self.pos_embed)
-        return resize_pos_embed(self.pos_embed, self.grid_size, grid)
-
-    def embed(self, images, mask=None, ids_keep=None):
-        """Patch tokens (+mask token, +positions, visible subset) with cls prepended."""
-        grid = self.grid(images)
-        x = self.patch_embed(images)
-        if mask is not None:
-            if self.mask_token is None:
-                raise ValueError("this encoder has no mask token (use_mask_token=False); pass ids_keep instead")
-            w = mask.reshape(x.shape[0], -1, 1).to(x.dtype)
-            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
-        pos = self.pos_embed_for(grid)
-        x = x + pos[:, 1:]
-        if ids_keep is not None:
-            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1)
+            return sincos_pos_embed_2d(self.embed_dim, grid, cls_token=self.cls_token is not None).to(self.pos_embed)
+        return resize_pos_embed(self.pos_embed, self.grid_size, grid, num_prefix=self.num_prefix_tokens)
 
     def forward_tokens(self, x, output_hidden_states=False, output_attentions=False) -> EncoderOutput:
         hidden, attns = [], []
@@ -136,21 +136,3 @@ class ViTEncoder(nn.Module):
         x = self.embed(images, mask=mask, ids_keep=ids_keep)
         return self.forward_tokens(x, output_hidden_states, output_attentions)
 
-
-def _init_linear_ln(m: nn.Module) -> None:
-    for mod in m.modules():
-        if isinstance(mod, nn.Linear):
-            nn.init.xavier_uniform_(mod.weight)
-            if mod.bias is not None:
-                nn.init.zeros_(mod.bias)
-        elif isinstance(mod, nn.LayerNorm):
-            nn.init.ones_(mod.weight)
-            nn.init.zeros_(mod.bias)
-
-
-def init_linear_ln(m: nn.Module) -> None:
-    """Reference MAE init for a module tree: xavier-uniform linears, unit LayerNorms."""
-    _init_linear_ln(m)
-
-
-del math

@@ -14,8 +14,14 @@ DATA_HELP = ("fashion_mnist (the real 60k/10k split) or an ImageFolder directory
              "(or val/) sub-folders, one folder per class inside each")
 
 
-def load_model_spec(spec: str, **overrides):
-    """Model from a checkpoint spec (see ``CHECKPOINT_HELP``)."""
+def load_model_spec(spec: str, trust_checkpoint: bool = False, **overrides):
+    """Model from a checkpoint spec (see ``CHECKPOINT_HELP``). Pickled files (``.ckpt``, a transformers
+    ``pytorch_model.bin``) are read safely; ``trust_checkpoint=True`` unpickles them fully."""
+    from ..checkpoint import is_trusted, trusted_checkpoints
+
+    if trust_checkpoint and not is_trusted():
+        with trusted_checkpoints():
+            return load_model_spec(spec, **overrides)
     spec = str(spec)
     if spec.startswith("hf:"):
         from ..interop.hf import from_hf
@@ -142,3 +148,42 @@ def print_table(rows: list[tuple], headers: tuple) -> str:
     out = "\n".join([line(cells[0]), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, cells[1:])])
     print(out)
     return out
+
+
+LABELS_PER_CLASS_HELP = ("scarce labels: use a balanced subset of N training labels per class, fixed by --seed (the "
+                         "encoder was pretrained on all images; the test set is unchanged)")
+
+
+def dataset_labels(dataset) -> torch.Tensor:
+    """Class labels (N,) of an evaluation dataset without loading its images."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    if hasattr(dataset, "labels"):
+        return torch.as_tensor(dataset.labels).long()
+    if hasattr(dataset, "samples"):
+        return torch.tensor([label for _, label in dataset.samples])
+    raise TypeError(f"cannot read the labels of a {type(dataset).__name__} without loading it")
+
+
+def balanced_indices(labels, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` examples of every class, drawn without replacement with ``seed``
+    (the same subset for every encoder evaluated with that seed), sorted."""
+    labels = torch.as_tensor(labels).long()
+    if isinstance(per_class, bool) or int(per_class) < 1:
+        raise ValueError(f"--labels-per-class must be a positive integer, got {per_class!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    out = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().squeeze(1)
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has only {len(idx)} training images, fewer than --labels-per-class "
+                             f"{per_class}; use at most {len(idx)}")
+        out.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(out).sort().values
+
+
+def labelled_subset(dataset, per_class: int | None, seed: int = 0):
+    """``dataset`` restricted to :func:`balanced_indices` (unchanged when ``per_class`` is None)."""
+    if not per_class:
+        return dataset
+    return torch.utils.data.Subset(dataset, balanced_indices(dataset_labels(dataset), per_class, seed).tolist())

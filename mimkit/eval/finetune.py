@@ -199,13 +199,13 @@ def save_classifier(classifier: Classifier, out_dir, source_model=None, results:
     the source model's mimkit config, so :func:`load_classifier` can rebuild it)."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import _jsonable, atomic_write
+    from ..checkpoint import atomic_write, jsonable
 
     out_dir = Path(out_dir)
     sd = {k: v.detach().contiguous().cpu() for k, v in classifier.state_dict().items()}
     atomic_write(out_dir / "classifier.safetensors", lambda p: save_file(sd, p, metadata={"format": "pt"}))
     meta = {"pool": classifier.pool, "num_classes": classifier.num_classes,
-            "source_model": _jsonable(getattr(source_model, "mimkit_config", None) or None),
+            "source_model": jsonable(getattr(source_model, "mimkit_config", None) or None),
             "results": results or {}}
     atomic_write(out_dir / "finetune.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
     return out_dir

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+from pathlib import Path
 
-_FAMILIES = ("hf_vitmae", "hf_simmim", "hf_beit")
+import torch
+
+_FAMILIES = ("hf_vitmae", "hf_simmim", "hf_beit", "hf_ijepa")
 
 
 def _tables():
@@ -55,4 +59,40 @@ def _load_dir(path):
     arch = (config.architectures or [None])[0]
     if arch is None or not hasattr(transformers, arch):
         raise ValueError(f"{path}/config.json names no known architecture ({arch!r})")
-    return getattr(transformers, arch).from_pretrained(path, local_files_only=True)
+    cls = getattr(transformers, arch)
+    trusted = _trusted_weights(path)
+    if trusted is not None:
+        return cls.from_pretrained(None, config=config, state_dict=trusted)
+    try:  # transformers reads pytorch_model.bin weights-only; mimkit turns its refusal into one clear line
+        return cls.from_pretrained(path, local_files_only=True)
+    except pickle.UnpicklingError as e:
+        raise _untrusted(path, e) from None
+
+
+def _trusted_weights(directory: str) -> dict | None:
+    """Under --trust-checkpoint, the tensors of the ``.bin`` weights of a directory without
+    safetensors, unpickled fully here (transformers always reads them weights-only); else None."""
+    from ..checkpoint import is_trusted, read_torch_checkpoint
+
+    d = Path(directory)
+    bins = sorted(d.glob("*.bin"))
+    if not is_trusted() or not bins or any(d.glob("*.safetensors")):
+        return None
+    sd = {}
+    for f in bins:
+        obj = read_torch_checkpoint(f, trust_checkpoint=True)
+        sd.update({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {})
+    return sd
+
+
+def _untrusted(directory: str, error: Exception):
+    """The clear refusal for a directory whose PyTorch weights file needs full unpickling."""
+    from ..checkpoint import UntrustedCheckpointError, unsafe_globals
+
+    files = sorted(p for p in Path(directory).glob("*") if p.suffix in (".bin", ".pt", ".pth"))
+    for f in files:
+        names = unsafe_globals(f)
+        if names:
+            return UntrustedCheckpointError(f, names)
+    return UntrustedCheckpointError(files[0] if files else directory,
+                                    unsafe_globals(directory, str(error)) or ["objects other than tensors"])

@@ -13,7 +13,28 @@ from __future__ import annotations
 
 import torch
 
-from .keymap import load_exact, normalize_hf_keys
+from ..registry import create
+from .keymap import copy_keys, embedding_keys, load_exact, norm_keys, normalize_hf_keys, vit_layer_keys
+
+_KEYS = embedding_keys("beit.embeddings") + norm_keys("lm_head", "lm_head") + [
+    ("encoder.rel_pos_bias.relative_position_bias_table", "beit.shared_position_bias.relative_position_bias_table")]
+
+
+def _table(depth: int, mean_pooling: bool) -> list:
+    """BeitForMaskedImageModeling <-> mimkit BEiT. Layers: the ViT layer layout without a key bias (timm
+    keeps ``q_bias``/``v_bias``), with layer scale (``lambda`` <-> ``gamma``) and an optional per-layer
+    relative position table. The one real norm before the head is ``layernorm`` with mean pooling, else
+    ``beit.layernorm`` (and ``layernorm`` becomes mimkit's ``head_norm``)."""
+    norms = [("encoder.norm", "layernorm")] if mean_pooling else [("encoder.norm", "beit.layernorm"),
+                                                                  ("head_norm", "layernorm")]
+    table = _KEYS + [pair for a, b in norms for pair in norm_keys(a, b)]
+    for i in range(depth):
+        hf, timm = f"beit.layers.{i}", f"encoder.blocks.{i}"
+        table += [k for k in vit_layer_keys(hf, timm) if not k[0].endswith("qkv.bias")] + [
+            (f"{timm}.gamma_1", f"{hf}.lambda_1"), (f"{timm}.gamma_2", f"{hf}.lambda_2"),
+            (f"{timm}.attn.q_bias", f"{hf}.attention.q_proj.bias"), (f"{timm}.attn.v_bias", f"{hf}.attention.v_proj.bias"),
+            (f"{timm}.attn.relative_position_bias_table", f"{hf}.relative_position_bias.relative_position_bias_table")]
+    return table
 
 
 def _normalize_beit_keys(sd: dict) -> dict:
@@ -41,8 +62,6 @@ def _check_config(cfg):
 
 
 def beit_from_hf(hf):
-    from ..methods.beit import BEiT
-
     cfg = hf.config
     _check_config(cfg)
     kw = dict(
@@ -63,48 +82,17 @@ def beit_from_hf(hf):
     kw["min_num_patches"] = min(16, max(1, kw["num_masking_patches"] // 4))
     if int(kw["embed_dim"] * kw["mlp_ratio"]) != cfg.intermediate_size:
         raise ValueError(f"intermediate_size {cfg.intermediate_size} is not a whole multiple of hidden_size")
-    model = BEiT(**kw)
     sd = _normalize_beit_keys(hf.state_dict())
-    e = "beit.embeddings"
-    out = {
-        "encoder.cls_token": sd[f"{e}.cls_token"],
-        "encoder.mask_token": sd[f"{e}.mask_token"],
-        "encoder.patch_embed.proj.weight": sd[f"{e}.patch_embeddings.projection.weight"],
-        "encoder.patch_embed.proj.bias": sd[f"{e}.patch_embeddings.projection.bias"],
-        "lm_head.weight": sd["lm_head.weight"],
-        "lm_head.bias": sd["lm_head.bias"],
-    }
-    if cfg.use_absolute_position_embeddings:
-        out["encoder.pos_embed"] = sd[f"{e}.position_embeddings"]
-    if cfg.use_shared_relative_position_bias:
-        out["encoder.rel_pos_bias.relative_position_bias_table"] = \
-            sd["beit.shared_position_bias.relative_position_bias_table"]
-    final = "beit.layernorm" if not cfg.use_mean_pooling else "layernorm"
-    out["encoder.norm.weight"], out["encoder.norm.bias"] = sd[f"{final}.weight"], sd[f"{final}.bias"]
-    if not cfg.use_mean_pooling:
-        out["head_norm.weight"], out["head_norm.bias"] = sd["layernorm.weight"], sd["layernorm.bias"]
     for i in range(cfg.num_hidden_layers):
-        _layer_to_block(sd, f"beit.layers.{i}", f"encoder.blocks.{i}", out)
-    load_exact(model, out, "BeitForMaskedImageModeling -> mimkit BEiT")
-    model.mimkit_config = {"recipe": None, "builder": "beit", **beit_kwargs(model)}
+        k_bias = sd.get(f"beit.layers.{i}.attention.k_proj.bias")
+        if k_bias is not None and k_bias.abs().max() > 0:
+            raise ValueError(f"beit.layers.{i}.attention.k_proj has a nonzero bias; BEiT's key projection has none")
+    kw["img_size"] = size
+    kw["mlp_ratio"] = int(kw["embed_dim"] * kw["mlp_ratio"]) / kw["embed_dim"]
+    model = create("beit", **kw)
+    load_exact(model, copy_keys(sd, _table(cfg.num_hidden_layers, cfg.use_mean_pooling), {}, to_hf=False),
+               "BeitForMaskedImageModeling -> mimkit BEiT")
     return model.eval()  # like from_pretrained (BEiT configs default to drop_path_rate=0.1)
-
-
-def _layer_to_block(sd, src, dst, out):
-    a = f"{src}.attention"
-    if f"{src}.lambda_1" in sd:
-        out[f"{dst}.gamma_1"], out[f"{dst}.gamma_2"] = sd[f"{src}.lambda_1"], sd[f"{src}.lambda_2"]
-    out[f"{dst}.norm1.weight"], out[f"{dst}.norm1.bias"] = sd[f"{src}.layernorm_before.weight"], sd[f"{src}.layernorm_before.bias"]
-    out[f"{dst}.norm2.weight"], out[f"{dst}.norm2.bias"] = sd[f"{src}.layernorm_after.weight"], sd[f"{src}.layernorm_after.bias"]
-    out[f"{dst}.attn.qkv.weight"] = torch.cat([sd[f"{a}.{n}_proj.weight"] for n in "qkv"], 0)
-    if f"{a}.k_proj.bias" in sd and sd[f"{a}.k_proj.bias"].abs().max() > 0:
-        raise ValueError(f"{a}.k_proj has a nonzero bias; BEiT's key projection has none")
-    out[f"{dst}.attn.q_bias"], out[f"{dst}.attn.v_bias"] = sd[f"{a}.q_proj.bias"], sd[f"{a}.v_proj.bias"]
-    out[f"{dst}.attn.proj.weight"], out[f"{dst}.attn.proj.bias"] = sd[f"{a}.o_proj.weight"], sd[f"{a}.o_proj.bias"]
-    for j in (1, 2):
-        out[f"{dst}.mlp.fc{j}.weight"], out[f"{dst}.mlp.fc{j}.bias"] = sd[f"{src}.mlp.fc{j}.weight"], sd[f"{src}.mlp.fc{j}.bias"]
-    if f"{src}.relative_position_bias.relative_position_bias_table" in sd:
-        out[f"{dst}.attn.relative_position_bias_table"] = sd[f"{src}.relative_position_bias.relative_position_bias_table"]
 
 
 def beit_kwargs(model) -> dict:
@@ -143,41 +131,7 @@ def beit_to_hf(model):
         drop_path_rate=kw["drop_path_rate"], architectures=["BeitForMaskedImageModeling"],
     )
     hf = BeitForMaskedImageModeling(cfg)
-    sd = model.state_dict()
-    e = "beit.embeddings"
-    out = {
-        f"{e}.cls_token": sd["encoder.cls_token"],
-        f"{e}.mask_token": sd["encoder.mask_token"],
-        f"{e}.patch_embeddings.projection.weight": sd["encoder.patch_embed.proj.weight"],
-        f"{e}.patch_embeddings.projection.bias": sd["encoder.patch_embed.proj.bias"],
-        "lm_head.weight": sd["lm_head.weight"],
-        "lm_head.bias": sd["lm_head.bias"],
-    }
-    if kw["use_absolute_position_embeddings"]:
-        out[f"{e}.position_embeddings"] = sd["encoder.pos_embed"]
-    if kw["use_shared_relative_position_bias"]:
-        out["beit.shared_position_bias.relative_position_bias_table"] = \
-            sd["encoder.rel_pos_bias.relative_position_bias_table"]
-    if kw["head_norm"]:
-        out["beit.layernorm.weight"], out["beit.layernorm.bias"] = sd["encoder.norm.weight"], sd["encoder.norm.bias"]
-        out["layernorm.weight"], out["layernorm.bias"] = sd["head_norm.weight"], sd["head_norm.bias"]
-    else:
-        out["layernorm.weight"], out["layernorm.bias"] = sd["encoder.norm.weight"], sd["encoder.norm.bias"]
-    for i in range(kw["depth"]):
-        src, dst = f"encoder.blocks.{i}", f"beit.layers.{i}"
-        a = f"{dst}.attention"
-        if f"{src}.gamma_1" in sd:
-            out[f"{dst}.lambda_1"], out[f"{dst}.lambda_2"] = sd[f"{src}.gamma_1"], sd[f"{src}.gamma_2"]
-        out[f"{dst}.layernorm_before.weight"], out[f"{dst}.layernorm_before.bias"] = sd[f"{src}.norm1.weight"], sd[f"{src}.norm1.bias"]
-        out[f"{dst}.layernorm_after.weight"], out[f"{dst}.layernorm_after.bias"] = sd[f"{src}.norm2.weight"], sd[f"{src}.norm2.bias"]
-        for name, t in zip("qkv", sd[f"{src}.attn.qkv.weight"].chunk(3, 0)):
-            out[f"{a}.{name}_proj.weight"] = t
-        out[f"{a}.q_proj.bias"], out[f"{a}.v_proj.bias"] = sd[f"{src}.attn.q_bias"], sd[f"{src}.attn.v_bias"]
-        out[f"{a}.o_proj.weight"], out[f"{a}.o_proj.bias"] = sd[f"{src}.attn.proj.weight"], sd[f"{src}.attn.proj.bias"]
-        for j in (1, 2):
-            out[f"{dst}.mlp.fc{j}.weight"], out[f"{dst}.mlp.fc{j}.bias"] = sd[f"{src}.mlp.fc{j}.weight"], sd[f"{src}.mlp.fc{j}.bias"]
-        if f"{src}.attn.relative_position_bias_table" in sd:
-            out[f"{dst}.relative_position_bias.relative_position_bias_table"] = sd[f"{src}.attn.relative_position_bias_table"]
+    out = copy_keys(model.state_dict(), _table(kw["depth"], not kw["head_norm"]), {}, to_hf=True)
     load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit BEiT -> BeitForMaskedImageModeling")
     return hf.eval()
 

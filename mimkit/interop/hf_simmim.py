@@ -12,36 +12,16 @@ timm's ``downsample`` at the *start* of stage ``i+1``; ``swin.layernorm`` -> ``e
 """
 from __future__ import annotations
 
-import torch
 
-from .keymap import copy_keys, hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+from ..registry import create
+from .keymap import copy_keys, embedding_keys, load_exact, norm_keys, normalize_hf_keys, vit_layer_keys
 
 # (mimkit key, transformers key) outside the transformer layers, for ViTForMaskedImageModeling
-_E = "vit.embeddings"
-_VIT_KEYS = [
-    ("encoder.cls_token", f"{_E}.cls_token"),
-    ("encoder.mask_token", f"{_E}.mask_token"),
-    ("encoder.pos_embed", f"{_E}.position_embeddings"),
-    ("encoder.patch_embed.proj.weight", f"{_E}.patch_embeddings.projection.weight"),
-    ("encoder.patch_embed.proj.bias", f"{_E}.patch_embeddings.projection.bias"),
-    ("encoder.norm.weight", "vit.layernorm.weight"),
-    ("encoder.norm.bias", "vit.layernorm.bias"),
-    ("head.conv.weight", "decoder.0.weight"),
-    ("head.conv.bias", "decoder.0.bias"),
-]
+_VIT_KEYS = embedding_keys("vit.embeddings") + norm_keys("encoder.norm", "vit.layernorm") + norm_keys("head.conv", "decoder.0")
 # the same for SwinForMaskedImageModeling
-_S = "swin.embeddings"
-_SWIN_KEYS = [
-    ("encoder.mask_token", f"{_S}.mask_token"),
-    ("encoder.patch_embed.proj.weight", f"{_S}.patch_embeddings.projection.weight"),
-    ("encoder.patch_embed.proj.bias", f"{_S}.patch_embeddings.projection.bias"),
-    ("encoder.patch_embed.norm.weight", f"{_S}.norm.weight"),
-    ("encoder.patch_embed.norm.bias", f"{_S}.norm.bias"),
-    ("encoder.norm.weight", "swin.layernorm.weight"),
-    ("encoder.norm.bias", "swin.layernorm.bias"),
-    ("head.conv.weight", "decoder.0.weight"),
-    ("head.conv.bias", "decoder.0.bias"),
-]
+_SWIN_KEYS = (embedding_keys("swin.embeddings", ("mask_token", "patch_embed"))
+              + norm_keys("encoder.patch_embed.norm", "swin.embeddings.norm") + norm_keys("encoder.norm", "swin.layernorm")
+              + norm_keys("head.conv", "decoder.0"))
 
 _SWIN_OLD_TO_NEW = [
     (".attention.self.relative_position_bias_table", ".attention.relative_position_bias.relative_position_bias_table"),
@@ -78,9 +58,11 @@ def _simmim_kwargs(model):
                 mask_ratio=model.mask_ratio)
 
 
-def vit_simmim_from_hf(hf):
-    from ..methods.simmim import SimMIM
+def _vit_table(depth: int) -> list:
+    return _VIT_KEYS + [k for i in range(depth) for k in vit_layer_keys(f"vit.layers.{i}", f"encoder.blocks.{i}")]
 
+
+def vit_simmim_from_hf(hf):
     cfg = hf.config
     _check_act(cfg)
     if int(cfg.hidden_size * (cfg.intermediate_size / cfg.hidden_size)) != cfg.intermediate_size:
@@ -89,19 +71,14 @@ def vit_simmim_from_hf(hf):
     patch = _square(cfg.patch_size, "patch_size")
     # SimMIM's 32-px mask cells when they fit, else one cell per patch
     mask_patch = 32 if 32 % patch == 0 and img % 32 == 0 else patch
-    model = SimMIM(img_size=img, patch_size=patch, in_chans=cfg.num_channels, embed_dim=cfg.hidden_size,
-                   depth=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+    model = create("simmim", img_size=[img, img], patch_size=patch, in_chans=cfg.num_channels,
+                   embed_dim=cfg.hidden_size, depth=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
                    mlp_ratio=cfg.intermediate_size / cfg.hidden_size, qkv_bias=cfg.qkv_bias,
-                   norm_eps=cfg.layer_norm_eps, pos_embed="learned", encoder_stride=cfg.encoder_stride,
-                   mask_patch_size=mask_patch)
+                   norm_eps=cfg.layer_norm_eps, pos_embed="learned", encoder_stride=cfg.encoder_stride or patch,
+                   mask_ratio=0.6, mask_patch_size=mask_patch)
     sd = normalize_hf_keys(hf.state_dict())
-    out: dict = {}
-    copy_keys(sd, _VIT_KEYS, out, to_hf=False)
-    for i in range(cfg.num_hidden_layers):
-        hf_layer_to_timm(sd, f"vit.layers.{i}", f"encoder.blocks.{i}", out)
-    load_exact(model, out, "ViTForMaskedImageModeling -> mimkit SimMIM")
-    model.mimkit_config = {"recipe": None, "builder": "simmim", **_simmim_kwargs(model),
-                           "mask_patch_size": model.masking.mask_patch_size}
+    load_exact(model, copy_keys(sd, _vit_table(cfg.num_hidden_layers), {}, to_hf=False),
+               "ViTForMaskedImageModeling -> mimkit SimMIM")
     return model
 
 
@@ -126,11 +103,7 @@ def vit_simmim_to_hf(model):
         architectures=["ViTForMaskedImageModeling"],
     )
     hf = ViTForMaskedImageModeling(cfg)
-    sd = model.state_dict()
-    out: dict = {}
-    copy_keys(sd, _VIT_KEYS, out, to_hf=True)
-    for i in range(kw["depth"]):
-        timm_block_to_hf(sd, f"encoder.blocks.{i}", f"vit.layers.{i}", out)
+    out = copy_keys(model.state_dict(), _vit_table(kw["depth"]), {}, to_hf=True)
     load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit SimMIM -> ViTForMaskedImageModeling")
     return hf.eval()
 
@@ -178,9 +151,24 @@ def _normalize_swin_keys(sd):
     return out
 
 
-def swin_simmim_from_hf(hf):
-    from ..methods.simmim import SimMIMSwin
+def _swin_table(depths: list[int]) -> list:
+    """Key table of SwinForMaskedImageModeling: its blocks have the ViT layer layout plus a relative
+    position table; the patch merging at the *end* of transformers stage ``i`` is timm's ``downsample``
+    at the *start* of stage ``i + 1``."""
+    table = list(_SWIN_KEYS) + [("encoder.absolute_pos_embed", "swin.embeddings.position_embeddings")]
+    for i, depth in enumerate(depths):
+        hf = f"swin.encoder.layers.{i}"
+        for j in range(depth):
+            s, d = f"{hf}.blocks.{j}", f"encoder.layers.{i}.blocks.{j}"
+            table += vit_layer_keys(s, d) + [(f"{d}.attn.relative_position_bias_table",
+                                              f"{s}.attention.relative_position_bias.relative_position_bias_table")]
+        if i + 1 < len(depths):
+            table += [(f"encoder.layers.{i + 1}.downsample.{k}", f"{hf}.downsample.{k}")
+                      for k in ("reduction.weight", "norm.weight", "norm.bias")]
+    return table
 
+
+def swin_simmim_from_hf(hf):
     cfg = hf.config
     _check_act(cfg)
     img = _square(cfg.image_size, "image_size")
@@ -191,38 +179,13 @@ def swin_simmim_from_hf(hf):
     if cfg.encoder_stride != stride:
         raise ValueError(f"encoder_stride {cfg.encoder_stride} does not match the Swin output stride {stride} "
                          f"(patch {patch} x 2^{n - 1}); the reconstruction would not have the input size")
-    model = SimMIMSwin(img_size=img, patch_size=patch, in_chans=cfg.num_channels, embed_dim=cfg.embed_dim,
-                       depths=tuple(cfg.depths), num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,
-                       mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_eps=cfg.layer_norm_eps,
-                       ape=cfg.use_absolute_embeddings, mask_patch_size=stride)
-    sd = _normalize_swin_keys(hf.state_dict())
-    e = "swin.embeddings"
-    out: dict = {}
-    copy_keys(sd, _SWIN_KEYS, out, to_hf=False)
-    if cfg.use_absolute_embeddings:
-        out["encoder.absolute_pos_embed"] = sd[f"{e}.position_embeddings"]
-    for i, depth in enumerate(cfg.depths):
-        src = f"swin.encoder.layers.{i}"
-        for j in range(depth):
-            s, d = f"{src}.blocks.{j}", f"encoder.layers.{i}.blocks.{j}"
-            a = f"{s}.attention"
-            for hn, tn in (("layernorm_before", "norm1"), ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"),
-                           ("mlp.fc2", "mlp.fc2"), ("attention.o_proj", "attn.proj")):
-                out[f"{d}.{tn}.weight"] = sd[f"{s}.{hn}.weight"]
-                out[f"{d}.{tn}.bias"] = sd[f"{s}.{hn}.bias"]
-            out[f"{d}.attn.qkv.weight"] = torch.cat([sd[f"{a}.{q}_proj.weight"] for q in "qkv"], 0)
-            if f"{a}.q_proj.bias" in sd:
-                out[f"{d}.attn.qkv.bias"] = torch.cat([sd[f"{a}.{q}_proj.bias"] for q in "qkv"], 0)
-            out[f"{d}.attn.relative_position_bias_table"] = \
-                sd[f"{a}.relative_position_bias.relative_position_bias_table"]
-        if i + 1 < n:
-            ds, dd = f"{src}.downsample", f"encoder.layers.{i + 1}.downsample"
-            out[f"{dd}.reduction.weight"] = sd[f"{ds}.reduction.weight"]
-            out[f"{dd}.norm.weight"] = sd[f"{ds}.norm.weight"]
-            out[f"{dd}.norm.bias"] = sd[f"{ds}.norm.bias"]
+    model = create("simmim_swin", img_size=[img, img], patch_size=patch, in_chans=cfg.num_channels,
+                   embed_dim=cfg.embed_dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
+                   window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                   norm_eps=cfg.layer_norm_eps, ape=cfg.use_absolute_embeddings, mask_ratio=0.6,
+                   mask_patch_size=stride)
+    out = copy_keys(_normalize_swin_keys(hf.state_dict()), _swin_table(list(cfg.depths)), {}, to_hf=False)
     load_exact(model, out, "SwinForMaskedImageModeling -> mimkit SimMIMSwin")
-    model.mimkit_config = {"recipe": None, "builder": "simmim_swin", **_swin_kwargs(model),
-                           "mask_patch_size": model.masking.mask_patch_size}
     return model
 
 
@@ -246,34 +209,7 @@ def swin_simmim_to_hf(model):
         architectures=["SwinForMaskedImageModeling"],
     )
     hf = SwinForMaskedImageModeling(cfg)
-    sd = model.state_dict()
-    e = "swin.embeddings"
-    out: dict = {}
-    copy_keys(sd, _SWIN_KEYS, out, to_hf=True)
-    if kw["ape"]:
-        out[f"{e}.position_embeddings"] = sd["encoder.absolute_pos_embed"]
-    n = len(kw["depths"])
-    for i, depth in enumerate(kw["depths"]):
-        dst = f"swin.encoder.layers.{i}"
-        for j in range(depth):
-            s, d = f"encoder.layers.{i}.blocks.{j}", f"{dst}.blocks.{j}"
-            a = f"{d}.attention"
-            for hn, tn in (("layernorm_before", "norm1"), ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"),
-                           ("mlp.fc2", "mlp.fc2"), ("attention.o_proj", "attn.proj")):
-                out[f"{d}.{hn}.weight"] = sd[f"{s}.{tn}.weight"]
-                out[f"{d}.{hn}.bias"] = sd[f"{s}.{tn}.bias"]
-            for q, t in zip("qkv", sd[f"{s}.attn.qkv.weight"].chunk(3, 0)):
-                out[f"{a}.{q}_proj.weight"] = t
-            if f"{s}.attn.qkv.bias" in sd:
-                for q, t in zip("qkv", sd[f"{s}.attn.qkv.bias"].chunk(3, 0)):
-                    out[f"{a}.{q}_proj.bias"] = t
-            out[f"{a}.relative_position_bias.relative_position_bias_table"] = \
-                sd[f"{s}.attn.relative_position_bias_table"]
-        if i + 1 < n:
-            ds, dd = f"encoder.layers.{i + 1}.downsample", f"{dst}.downsample"
-            out[f"{dd}.reduction.weight"] = sd[f"{ds}.reduction.weight"]
-            out[f"{dd}.norm.weight"] = sd[f"{ds}.norm.weight"]
-            out[f"{dd}.norm.bias"] = sd[f"{ds}.norm.bias"]
+    out = copy_keys(model.state_dict(), _swin_table(kw["depths"]), {}, to_hf=True)
     load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit SimMIMSwin -> SwinForMaskedImageModeling")
     return hf.eval()
 

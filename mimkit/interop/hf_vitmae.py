@@ -1,19 +1,21 @@
 """transformers ``ViTMAEForPreTraining`` <-> mimkit MAE."""
 from __future__ import annotations
 
-from .keymap import copy_keys, hf_layer_to_timm, load_exact, normalize_hf_keys, timm_block_to_hf
+from ..ops import to_2tuple
+from ..registry import create
+from .keymap import copy_keys, embedding_keys, load_exact, norm_keys, normalize_hf_keys, vit_layer_keys
 
 # (mimkit key, transformers key) for everything outside the transformer layers
-_KEYS = [
-    ("encoder.cls_token", "vit.embeddings.cls_token"),
-    ("encoder.pos_embed", "vit.embeddings.position_embeddings"),
-    ("encoder.patch_embed.proj.weight", "vit.embeddings.patch_embeddings.projection.weight"),
-    ("encoder.patch_embed.proj.bias", "vit.embeddings.patch_embeddings.projection.bias"),
-    ("encoder.norm.weight", "vit.layernorm.weight"),
-    ("encoder.norm.bias", "vit.layernorm.bias"),
-] + [(f"decoder.{k}", f"decoder.{k}") for k in (
+_KEYS = embedding_keys("vit.embeddings", ("cls_token", "pos_embed", "patch_embed")) + norm_keys(
+    "encoder.norm", "vit.layernorm") + [(f"decoder.{k}", f"decoder.{k}") for k in (
     "mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias", "decoder_norm.weight",
     "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias")]
+
+
+def _table(depth: int, decoder_depth: int) -> list:
+    return (_KEYS + [k for i in range(depth) for k in vit_layer_keys(f"vit.layers.{i}", f"encoder.blocks.{i}")]
+            + [k for i in range(decoder_depth)
+               for k in vit_layer_keys(f"decoder.decoder_layers.{i}", f"decoder.decoder_blocks.{i}")])
 
 
 def _check_act(cfg):
@@ -22,27 +24,21 @@ def _check_act(cfg):
 
 
 def vitmae_from_hf(hf):
-    from ..methods.mae import MAE
-
     cfg = hf.config
     _check_act(cfg)
     if cfg.intermediate_size / cfg.hidden_size != cfg.decoder_intermediate_size / cfg.decoder_hidden_size:
         raise ValueError("encoder and decoder must share one mlp ratio")
-    model = MAE(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.num_channels,
-                embed_dim=cfg.hidden_size, depth=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
-                decoder_embed_dim=cfg.decoder_hidden_size, decoder_depth=cfg.decoder_num_hidden_layers,
-                decoder_num_heads=cfg.decoder_num_attention_heads,
-                mlp_ratio=cfg.intermediate_size / cfg.hidden_size, norm_pix_loss=cfg.norm_pix_loss,
-                mask_ratio=cfg.mask_ratio, norm_eps=cfg.layer_norm_eps)
+    mlp_ratio = int(cfg.hidden_size * (cfg.intermediate_size / cfg.hidden_size)) / cfg.hidden_size
+    model = create("mae", img_size=list(to_2tuple(cfg.image_size)), patch_size=cfg.patch_size,
+                   in_chans=cfg.num_channels, embed_dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
+                   num_heads=cfg.num_attention_heads, decoder_embed_dim=cfg.decoder_hidden_size,
+                   decoder_depth=cfg.decoder_num_hidden_layers,
+                   decoder_num_heads=cfg.decoder_num_attention_heads if cfg.decoder_num_hidden_layers else 1,
+                   mlp_ratio=mlp_ratio, norm_pix_loss=cfg.norm_pix_loss, mask_ratio=cfg.mask_ratio,
+                   norm_eps=cfg.layer_norm_eps)
     sd = normalize_hf_keys(hf.state_dict())
-    out: dict = {}
-    copy_keys(sd, _KEYS, out, to_hf=False)
-    for i in range(cfg.num_hidden_layers):
-        hf_layer_to_timm(sd, f"vit.layers.{i}", f"encoder.blocks.{i}", out)
-    for i in range(cfg.decoder_num_hidden_layers):
-        hf_layer_to_timm(sd, f"decoder.decoder_layers.{i}", f"decoder.decoder_blocks.{i}", out)
+    out = copy_keys(sd, _table(cfg.num_hidden_layers, cfg.decoder_num_hidden_layers), {}, to_hf=False)
     load_exact(model, out, "ViTMAEForPreTraining -> mimkit MAE")
-    model.mimkit_config = {"recipe": None, "builder": "mae", **_mae_kwargs(model)}
     return model
 
 
@@ -73,13 +69,7 @@ def vitmae_to_hf(model):
         hidden_act="gelu", qkv_bias=True, architectures=["ViTMAEForPreTraining"],
     )
     hf = ViTMAEForPreTraining(cfg)
-    sd = model.state_dict()
-    out: dict = {}
-    copy_keys(sd, _KEYS, out, to_hf=True)
-    for i in range(kw["depth"]):
-        timm_block_to_hf(sd, f"encoder.blocks.{i}", f"vit.layers.{i}", out)
-    for i in range(kw["decoder_depth"]):
-        timm_block_to_hf(sd, f"decoder.decoder_blocks.{i}", f"decoder.decoder_layers.{i}", out)
+    out = copy_keys(model.state_dict(), _table(kw["depth"], kw["decoder_depth"]), {}, to_hf=True)
     load_exact(hf, {k: v.clone() for k, v in out.items()}, "mimkit MAE -> ViTMAEForPreTraining")
     return hf.eval()
 

@@ -30,40 +30,53 @@ def normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_layer_to_timm(sd: dict, src: str, dst: str, out: dict) -> None:
-    """One ``transformers`` ViT layer at prefix ``src`` -> one timm ``Block`` at prefix ``dst``."""
-    a = f"{src}.attention"
-    out[f"{dst}.norm1.weight"] = sd[f"{src}.layernorm_before.weight"]
-    out[f"{dst}.norm1.bias"] = sd[f"{src}.layernorm_before.bias"]
-    out[f"{dst}.attn.qkv.weight"] = torch.cat([sd[f"{a}.{n}_proj.weight"] for n in "qkv"], 0)
-    if f"{a}.q_proj.bias" in sd:
-        out[f"{dst}.attn.qkv.bias"] = torch.cat([sd[f"{a}.{n}_proj.bias"] for n in "qkv"], 0)
-    out[f"{dst}.attn.proj.weight"] = sd[f"{a}.o_proj.weight"]
-    out[f"{dst}.attn.proj.bias"] = sd[f"{a}.o_proj.bias"]
-    out[f"{dst}.norm2.weight"] = sd[f"{src}.layernorm_after.weight"]
-    out[f"{dst}.norm2.bias"] = sd[f"{src}.layernorm_after.bias"]
-    for i in (1, 2):
-        out[f"{dst}.mlp.fc{i}.weight"] = sd[f"{src}.mlp.fc{i}.weight"]
-        out[f"{dst}.mlp.fc{i}.bias"] = sd[f"{src}.mlp.fc{i}.bias"]
+# A key table is a list of (mimkit key, transformers key) pairs read in both directions by
+# :func:`copy_keys`. A transformers side may be a tuple of keys: their tensors are concatenated along
+# dim 0 into the one mimkit tensor (q/k/v projections into timm's fused ``qkv``), and split back.
+def embedding_keys(hf: str, names=("cls_token", "mask_token", "pos_embed", "patch_embed")) -> list:
+    """The ``transformers`` ViT-family embeddings at prefix ``hf`` (ViT, ViTMAE, BEiT, I-JEPA share the
+    names) <-> mimkit's encoder front end (:mod:`mimkit.encoders.base`)."""
+    table = {"cls_token": [("encoder.cls_token", f"{hf}.cls_token")],
+             "mask_token": [("encoder.mask_token", f"{hf}.mask_token")],
+             "pos_embed": [("encoder.pos_embed", f"{hf}.position_embeddings")],
+             "patch_embed": [(f"encoder.patch_embed.proj.{w}", f"{hf}.patch_embeddings.projection.{w}")
+                             for w in ("weight", "bias")]}
+    return [pair for n in names for pair in table[n]]
 
 
-def timm_block_to_hf(sd: dict, src: str, dst: str, out: dict) -> None:
-    """Inverse of :func:`hf_layer_to_timm`."""
-    a = f"{dst}.attention"
-    out[f"{dst}.layernorm_before.weight"] = sd[f"{src}.norm1.weight"]
-    out[f"{dst}.layernorm_before.bias"] = sd[f"{src}.norm1.bias"]
-    for name, t in zip("qkv", sd[f"{src}.attn.qkv.weight"].chunk(3, 0)):
-        out[f"{a}.{name}_proj.weight"] = t
-    if f"{src}.attn.qkv.bias" in sd:
-        for name, t in zip("qkv", sd[f"{src}.attn.qkv.bias"].chunk(3, 0)):
-            out[f"{a}.{name}_proj.bias"] = t
-    out[f"{a}.o_proj.weight"] = sd[f"{src}.attn.proj.weight"]
-    out[f"{a}.o_proj.bias"] = sd[f"{src}.attn.proj.bias"]
-    out[f"{dst}.layernorm_after.weight"] = sd[f"{src}.norm2.weight"]
-    out[f"{dst}.layernorm_after.bias"] = sd[f"{src}.norm2.bias"]
-    for i in (1, 2):
-        out[f"{dst}.mlp.fc{i}.weight"] = sd[f"{src}.mlp.fc{i}.weight"]
-        out[f"{dst}.mlp.fc{i}.bias"] = sd[f"{src}.mlp.fc{i}.bias"]
+def norm_keys(ours: str, theirs: str) -> list:
+    """A LayerNorm's weight and bias."""
+    return [(f"{ours}.{w}", f"{theirs}.{w}") for w in ("weight", "bias")]
+
+
+def vit_layer_keys(hf: str, timm: str) -> list:
+    """A ``transformers`` ViT layer at prefix ``hf`` <-> a timm ``Block`` at prefix ``timm``."""
+    a = f"{hf}.attention"
+    table = [(f"{timm}.attn.qkv.{w}", tuple(f"{a}.{n}_proj.{w}" for n in "qkv")) for w in ("weight", "bias")]
+    for ours, theirs in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("attn.proj", "attention.o_proj"),
+                         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+        table += norm_keys(f"{timm}.{ours}", f"{hf}.{theirs}")  # weight + bias, as a norm's
+    return table
+
+
+def copy_keys(sd: dict, table, out: dict, to_hf: bool) -> dict:
+    """Copy the tensors named by a key table: mimkit -> transformers when ``to_hf``, else transformers
+    -> mimkit. Entries whose source is absent (optional parts: a qkv bias, layer scale, a per-block
+    table) are skipped; :func:`load_exact` then reports anything really missing."""
+    for ours, theirs in table:
+        fused = isinstance(theirs, tuple)
+        if to_hf:
+            if ours in sd:
+                if fused:
+                    out.update(zip(theirs, sd[ours].chunk(len(theirs), 0)))
+                else:
+                    out[theirs] = sd[ours]
+        elif fused:
+            if all(k in sd for k in theirs):
+                out[ours] = torch.cat([sd[k] for k in theirs], 0)
+        elif theirs in sd:
+            out[ours] = sd[theirs]
+    return out
 
 
 def load_exact(module: torch.nn.Module, sd: dict, what: str) -> None:
@@ -77,11 +90,3 @@ def load_exact(module: torch.nn.Module, sd: dict, what: str) -> None:
         if own[k].shape != v.shape:
             raise ValueError(f"{what}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
     module.load_state_dict(sd, strict=True)
-
-
-def copy_keys(sd: dict, pairs, out: dict, to_hf: bool) -> None:
-    """Copy the tensors named by ``(mimkit_key, hf_key)`` pairs: mimkit -> transformers when
-    ``to_hf``, else transformers -> mimkit. One table per family serves both directions."""
-    for ours, theirs in pairs:
-        src, dst = (ours, theirs) if to_hf else (theirs, ours)
-        out[dst] = sd[src]

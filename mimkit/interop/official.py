@@ -27,7 +27,7 @@ _HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official encoder head 
 _DEC_HEADS = {512: 16}
 
 
-def _read(path_or_sd) -> dict[str, torch.Tensor]:
+def _read(path_or_sd, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     if isinstance(path_or_sd, dict):
         obj = path_or_sd
     else:
@@ -38,8 +38,10 @@ def _read(path_or_sd) -> dict[str, torch.Tensor]:
             from ..checkpoint import read_safetensors
 
             obj = read_safetensors(path)
-        else:
-            obj = _torch_load(path)
+        else:  # weights_only; training checkpoints' argparse options are on mimkit's allowlist
+            from ..checkpoint import read_torch_checkpoint
+
+            obj = read_torch_checkpoint(path, trust_checkpoint=trust_checkpoint)
     if not isinstance(obj, dict):
         raise ValueError(f"expected a dict checkpoint ({{'model': state_dict}}), got {type(obj).__name__}")
     for key in ("model", "state_dict", "model_ema"):
@@ -61,20 +63,6 @@ def _read(path_or_sd) -> dict[str, torch.Tensor]:
             f"{sample}); for transformers directories use `--from hf`, for mimkit files mimkit.load()"
         )
     return sd
-
-
-def _torch_load(path):
-    import argparse
-
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # training checkpoints may pickle more than tensors and argparse options; fall back to the
-        # project's general reader (full unpickling, readable error on corrupt files)
-        from ..checkpoint import read_torch_checkpoint
-
-        return read_torch_checkpoint(path)
 
 
 def _count(sd, prefix) -> int:
@@ -119,7 +107,8 @@ def infer_mae_kwargs(sd: dict[str, torch.Tensor]) -> dict:
     return kw
 
 
-def load_official_mae(path_or_state_dict, return_extras: bool = False, **recipe_overrides):
+def load_official_mae(path_or_state_dict, return_extras: bool = False, trust_checkpoint: bool = False,
+                      **recipe_overrides):
     """Load an official MAE checkpoint (path to ``.pth``/``.safetensors`` or a state dict) as a mimkit
     ``MAE``. ``recipe_overrides`` set or replace builder arguments (``num_heads``, ``norm_pix_loss``,
     ``mask_ratio``, ``img_size`` (learned/sin-cos position embeddings are resized), ...).
@@ -127,20 +116,22 @@ def load_official_mae(path_or_state_dict, return_extras: bool = False, **recipe_
     Encoder-only files keep a freshly initialised decoder (fine for ``encode``/evaluation, not for
     reconstructions). Fine-tuned files (``fc_norm`` instead of ``norm``) load ``fc_norm`` as the final
     norm; with ``return_extras=True`` the unused ``fc_norm``/``head`` tensors are returned too:
-    ``(model, extras)``."""
-    from ..methods.mae import MAE
+    ``(model, extras)``.
+
+    A file is read safely (``weights_only``); one holding other Python objects is refused unless
+    ``trust_checkpoint=True``."""
     from ..ops import resize_pos_embed, sincos_pos_embed_2d, to_2tuple
+    from ..registry import create
     from .keymap import load_exact
 
-    sd = _read(path_or_state_dict)
+    sd = _read(path_or_state_dict, trust_checkpoint)
     kw = infer_mae_kwargs(sd)
     has_decoder = "decoder_embed.weight" in sd
     kw.update(recipe_overrides)
     if "img_size" not in kw:
         raise ValueError("checkpoint has no pos_embed to infer the image size from; pass img_size=")
-    model = MAE(**kw)
     kw["img_size"] = list(to_2tuple(kw["img_size"]))
-    model.mimkit_config = {"recipe": None, "builder": "mae", **kw}
+    model = create("mae", **kw)
     own = model.state_dict()
     extras = {k: v for k, v in sd.items() if k.startswith(("fc_norm.", "head."))}
     enc_sd = dict(sd)

@@ -19,7 +19,6 @@ Each encoder family is one entry of ``_EXPORTERS`` keyed by encoder class name.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -71,7 +70,8 @@ def _vit_export(enc, img_size):
         depth=len(enc.blocks), num_heads=enc.num_heads,
         mlp_ratio=(blk.mlp.fc1.out_features / enc.embed_dim) if blk is not None else 4.0,
         qkv_bias=bool(blk is not None and blk.attn.qkv.bias is not None),
-        class_token=True, global_pool="token", fc_norm=False, pos_embed="learn", no_embed_class=False,
+        class_token=enc.cls_token is not None, global_pool="token" if enc.cls_token is not None else "avg",
+        fc_norm=False, pos_embed="learn", no_embed_class=False,
     )
     if blk is not None and not isinstance(blk.attn.q_norm, nn.Identity):
         kwargs["qk_norm"] = True
@@ -93,7 +93,7 @@ def _beit_export(enc, img_size):
     """mimkit ``BEiTEncoder`` (timm ``Beit`` module names inside) -> timm ``Beit``. At another
     ``img_size`` the absolute embedding and the relative position tables are resized exactly as the
     mimkit encoder resizes them on the fly, so features still agree."""
-    from ..encoders.beit import resize_rel_pos_table
+    from ..ops import resize_rel_pos_table
 
     size = to_2tuple(img_size) if img_size is not None else tuple(enc.img_size)
     check_image_size(size, enc.patch_size)
@@ -260,17 +260,12 @@ def load_timm(directory) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- from timm --
-def _builder(method):
-    from ..registry import BUILDERS, _load_all
+def _options(method) -> set[str]:
+    from ..registry import list_builders, option_names
 
-    _load_all()
-    if method not in BUILDERS:
-        raise ValueError(f"unknown method {method!r}; registered: {sorted(BUILDERS)}")
-    return BUILDERS[method]
-
-
-def _params(fn) -> set[str]:
-    return set(inspect.signature(fn).parameters)
+    if method not in list_builders():
+        raise ValueError(f"unknown method {method!r}; registered: {list_builders()}")
+    return option_names(method) or set()
 
 
 def from_timm(timm_model: nn.Module, method: str = "mae", **overrides):
@@ -304,23 +299,22 @@ def _final_norm(tm, sd):
     raise ValueError("timm model has no final LayerNorm (final_norm=False); mimkit encoders end with one")
 
 
-def _is_sincos(pe, grid) -> bool:
+def _is_sincos(pe, grid, cls_token: bool = True) -> bool:
     from ..ops import sincos_pos_embed_2d
 
-    return pe.shape[-1] % 4 == 0 and pe.shape[1] == grid[0] * grid[1] + 1 and \
-        torch.allclose(pe, sincos_pos_embed_2d(pe.shape[-1], grid).to(pe), atol=1e-5)
+    return pe.shape[-1] % 4 == 0 and pe.shape[1] == grid[0] * grid[1] + int(cls_token) and \
+        torch.allclose(pe, sincos_pos_embed_2d(pe.shape[-1], grid, cls_token=cls_token).to(pe), atol=1e-5)
 
 
 def _build_and_fill(tm, method, kw, sd, overrides, mimkit_only=("mask_token",)):
-    builder = _builder(method)
-    accepted = _params(builder)
+    from ..registry import create
+
+    accepted = _options(method)
     unknown = sorted(k for k in kw if k not in accepted)
     if unknown:
         raise ValueError(f"timm {type(tm).__name__} needs {unknown} but method {method!r} does not take them; "
                          f"pick a method whose encoder matches (e.g. {_DEFAULT_METHOD.get(type(tm).__name__)!r})")
-    kw = {**kw, **overrides}
-    model = builder(**kw)
-    model.mimkit_config = {"recipe": None, "builder": method, **kw}
+    model = create(method, **{**kw, **overrides})
     own = model.encoder.state_dict()
     load = {k: v for k, v in sd.items() if k in own}
     missing = sorted(set(own) - set(load) - set(mimkit_only))
@@ -336,9 +330,14 @@ def _build_and_fill(tm, method, kw, sd, overrides, mimkit_only=("mask_token",)):
 
 
 def _vit_from_timm(tm, method, overrides):
-    if getattr(tm, "cls_token", None) is None or getattr(tm, "num_reg_tokens", 0):
-        raise ValueError("mimkit ViT encoders need exactly one class token and no register tokens "
-                         "(timm class_token=True, reg_tokens=0)")
+    if getattr(tm, "num_reg_tokens", 0):
+        raise ValueError("mimkit ViT encoders have no register tokens (timm reg_tokens=0)")
+    has_cls = getattr(tm, "cls_token", None) is not None
+    if not has_cls and method != "ijepa":
+        raise ValueError(f"this timm ViT has no class token, which method {method!r} needs; use method='ijepa' "
+                         "(the I-JEPA encoder has none)")
+    if has_cls and method == "ijepa":
+        raise ValueError("the I-JEPA encoder has no class token but this timm ViT has one; pick another method")
     if getattr(tm, "no_embed_class", False) or tm.pos_embed is None:
         raise ValueError("mimkit ViT encoders add a position embedding to cls and patches (timm "
                          "no_embed_class=False, pos_embed='learn')")
@@ -355,12 +354,12 @@ def _vit_from_timm(tm, method, overrides):
         raise ValueError(f"mimkit needs square patches, got {patch}")
     sd = dict(tm.state_dict())
     norm = _final_norm(tm, sd)
-    accepted = _params(_builder(method))
+    accepted = _options(method)
     kw = dict(img_size=[grid[0] * patch[0], grid[1] * patch[0]], patch_size=patch[0],
               in_chans=tm.patch_embed.proj.in_channels, embed_dim=tm.embed_dim, depth=len(tm.blocks),
               num_heads=blk.attn.num_heads, mlp_ratio=blk.mlp.fc1.out_features / tm.embed_dim,
               norm_eps=norm.eps)
-    sincos = _is_sincos(tm.pos_embed.detach(), grid)
+    sincos = _is_sincos(tm.pos_embed.detach(), grid, has_cls)
     if "pos_embed" in accepted:
         kw["pos_embed"] = "sincos" if sincos else "learned"
     elif not sincos:
@@ -428,20 +427,17 @@ def import_timm_dir(directory, method: str | None = None, **overrides):
     cfg = json.loads((Path(directory) / TIMM_CONFIG).read_text())
     saved = cfg.get("mimkit") or {}
     if method is None and saved:
-        from ..registry import BUILDERS, _load_all, recipe_info
+        from ..registry import builder_name
 
-        _load_all()
-        if saved.get("builder"):
-            method = saved["builder"]
-        elif saved.get("recipe"):
-            cls = recipe_info(saved["recipe"])[0]
-            method = next((n for n, b in BUILDERS.items() if b is cls), None)
+        method = saved.get("builder") or (builder_name(saved["recipe"]) if saved.get("recipe") else None)
     if saved and method is not None:
-        accepted = _params(_builder(method))
+        accepted = _options(method)
         # a tokenizer's weights are not in a timm export; a config-only rebuild would be random
         extra = {k: v for k, v in saved.items()
                  if k not in _ENCODER_ARGS and k in accepted and k != "tokenizer_config"}
         overrides = {**extra, **overrides}
     if method is None:
         method = _DEFAULT_METHOD.get(type(tm).__name__, "mae")
+        if method == "mae" and getattr(tm, "cls_token", 1) is None:
+            method = "ijepa"  # a ViT without class token
     return from_timm(tm, method=method, **overrides)

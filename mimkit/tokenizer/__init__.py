@@ -1,5 +1,5 @@
-"""Visual tokenizers for BEiT: a discrete VAE mimkit trains itself, the DALL-E dVAE encoder loaded
-from a weights file, codebook statistics and pictures.
+"""Visual tokenizers for BEiT: a discrete VAE mimkit trains itself, the DALL-E dVAE encoder and BEiT's
+DALLE-pytorch dVAE loaded from weights files, codebook statistics and pictures.
 
 Every tokenizer offers ``encode_ids(images) -> (N, h*w)`` long ids and ``vocab_size``, ``grid_size``,
 ``img_size``, ``in_chans``."""
@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dalle import DALLEEncoder, load_dalle_encoder, map_pixels, unmap_pixels
+from .dalle_pytorch import DallePytorchDVAE, load_dalle_pytorch_dvae
 from .dvae import DiscreteVAE, perplexity_from_counts, psnr
 from .stats import codebook_stats, format_stats
 
-__all__ = ["DALLEEncoder", "DiscreteVAE", "codebook_stats", "format_stats", "load_dalle_encoder",
-           "load_tokenizer", "map_pixels", "perplexity_from_counts", "psnr", "unmap_pixels"]
+__all__ = ["DALLEEncoder", "DallePytorchDVAE", "DiscreteVAE", "codebook_stats", "format_stats",
+           "load_dalle_encoder", "load_dalle_pytorch_dvae", "load_tokenizer", "map_pixels",
+           "perplexity_from_counts", "psnr", "unmap_pixels"]
 
 _STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
 
@@ -21,10 +23,34 @@ def is_tokenizer(model) -> bool:
     return hasattr(model, "encode_ids") and hasattr(model, "vocab_size") and hasattr(model, "grid_size")
 
 
-def load_tokenizer(path, **dalle_kwargs):
+def tokenizer_options(options: dict) -> dict:
+    """The registry's config layer for BEiT: ``tokenizer_config`` (a saved tokenizer's mimkit config;
+    its weights arrive with the BEiT state dict) or ``tokenizer_path`` (read from disk) -> a frozen
+    ``tokenizer`` module, or None."""
+    config, path = options.get("tokenizer_config"), options.get("tokenizer_path")
+    if config:
+        from ..registry import build_from_config
+
+        tok = build_from_config(config)
+    elif path:
+        tok = load_tokenizer(path)
+    else:
+        return {"tokenizer": None}
+    return {"tokenizer": tok}
+
+
+def load_tokenizer(path, trust_checkpoint: bool = False, **dalle_kwargs):
     """Load a tokenizer from ``path``: a mimkit model directory / ``.safetensors`` / ``.ckpt``
-    written by ``mimkit tokenizer train`` (or ``mimkit.save``), or a DALL-E encoder state dict file
-    (``.pt``/``.pth``/``.bin``, or a ``.safetensors`` without a ``config.json`` beside it)."""
+    written by ``mimkit tokenizer train`` (or ``mimkit.save``), or a state dict file (``.pt``/``.pth``/
+    ``.bin``, or a ``.safetensors`` without a ``config.json`` beside it) of the DALL-E encoder or of
+    BEiT's DALLE-pytorch dVAE (``pytorch_model.bin``), told apart by their keys. ``dalle_kwargs``
+    (``img_size``, ``pixel_mean``, ``pixel_std``) go to the state dict loaders. Files are read safely;
+    ``trust_checkpoint=True`` unpickles one that holds more than tensors."""
+    from ..checkpoint import is_trusted, trusted_checkpoints
+
+    if trust_checkpoint and not is_trusted():
+        with trusted_checkpoints():
+            return load_tokenizer(path, **dalle_kwargs)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -34,7 +60,13 @@ def load_tokenizer(path, **dalle_kwargs):
     dalle = path.is_file() and (path.suffix in _STATE_DICT_SUFFIXES or
                                 (path.suffix == ".safetensors" and not (path.parent / "config.json").exists()))
     if dalle:
-        return load_dalle_encoder(path, **dalle_kwargs)
+        from .dalle import _read_state_dict
+        from .dalle_pytorch import is_dalle_pytorch_state_dict
+
+        sd = _read_state_dict(path)
+        if is_dalle_pytorch_state_dict(sd):
+            return load_dalle_pytorch_dvae(sd, **dalle_kwargs)
+        return load_dalle_encoder(sd, **dalle_kwargs)
     from ..checkpoint import WEIGHTS, load_model
 
     if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model" / WEIGHTS).exists():

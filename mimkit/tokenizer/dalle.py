@@ -140,21 +140,30 @@ class DALLEEncoder(nn.Module):
         return self.logits(images).argmax(1).flatten(1)
 
 
-def _read_state_dict(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from ..checkpoint import read_safetensors
+def _read_state_dict(path: Path, trust_checkpoint: bool = False) -> dict:
+    """The tensors of a weights file: safetensors, or a PyTorch pickle read safely (an untrusted file
+    is refused, see :func:`mimkit.checkpoint.read_torch_checkpoint`) holding a state dict, possibly
+    under ``"state_dict"`` or ``"weights"`` (BEiT's ``pytorch_model.bin``)."""
+    from ..checkpoint import UntrustedCheckpointError, read_safetensors, read_torch_checkpoint
 
+    if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled modules, truncated files
+        obj = read_torch_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    except UntrustedCheckpointError:
+        raise
+    except ValueError as e:  # truncated or foreign files
         raise ValueError(
-            f"{path} is not a plain state dict ({type(e).__name__}: {str(e)[:160]}). If it is the released "
+            f"{path} is not a plain state dict ({getattr(e, 'reason', e)}). If it is the released "
             "dall_e encoder.pkl (a pickled module), convert it once where the dall_e package is installed: "
             "torch.save(torch.load('encoder.pkl').state_dict(), 'dalle_encoder.pt')"
         ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    if isinstance(obj, nn.Module):  # a trusted pickled module (e.g. dall_e's encoder.pkl)
+        obj = obj.state_dict()
+    for key in ("state_dict", "weights"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return obj
@@ -173,19 +182,27 @@ def dalle_kwargs_from_state_dict(sd: dict) -> dict:
                 input_channels=w_in.shape[1], vocab_size=w_out.shape[0])
 
 
-def load_dalle_encoder(path, img_size=112, pixel_mean=None, pixel_std=None) -> DALLEEncoder:
-    """Build a :class:`DALLEEncoder` from a state dict file (``.pt``/``.pth``/``.bin``/``.safetensors``),
-    with or without an ``encoder.`` prefix on the keys."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no DALL-E encoder weights at {path}")
-    sd = _read_state_dict(path)
+def load_dalle_encoder(path, img_size=112, pixel_mean=None, pixel_std=None,
+                       trust_checkpoint: bool = False) -> DALLEEncoder:
+    """Build a :class:`DALLEEncoder` from a state dict file (``.pt``/``.pth``/``.bin``/``.safetensors``)
+    or a state dict already read, with or without an ``encoder.`` prefix on the keys. Files are read
+    safely; ``trust_checkpoint=True`` unpickles one that holds more than tensors."""
+    if isinstance(path, dict):
+        sd, path = path, "state dict"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no DALL-E encoder weights at {path}")
+        sd = _read_state_dict(path, trust_checkpoint)
     if not any(k.startswith("blocks.") for k in sd):
         sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    model = DALLEEncoder(img_size=img_size, pixel_mean=pixel_mean, pixel_std=pixel_std,
-                         **dalle_kwargs_from_state_dict(sd))
     from ..interop.keymap import load_exact
+    from ..registry import create
 
+    kw = dict(img_size=list(to_2tuple(img_size)), **dalle_kwargs_from_state_dict(sd))
+    if pixel_mean is not None:  # recorded as DALLEEncoder.config() does
+        kw.update(pixel_mean=torch.as_tensor(pixel_mean, dtype=torch.float32).flatten().tolist(),
+                  pixel_std=torch.as_tensor(pixel_std, dtype=torch.float32).flatten().tolist())
+    model = create("dalle_encoder", **kw)
     load_exact(model, {k: v.float() for k, v in sd.items()}, f"DALL-E encoder {path}")
-    model.mimkit_config = {"recipe": None, "builder": "dalle_encoder", **model.config()}
     return model.eval()

@@ -61,6 +61,16 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class DiscreteVAE(MIMModel):
+    """Args:
+        img_size, in_chans: the images it tokenizes; vocab_size: codes; downsample: pixels per token side
+            (a power of two); hidden_dim, num_res_blocks, code_dim: the conv encoder/decoder and codebook.
+        kl_weight, usage_weight: KL to a uniform prior and the codebook-usage term; temperature,
+            temperature_min, anneal_fraction, straight_through: the Gumbel-softmax relaxation schedule.
+        recon_loss: ``"mse"`` or ``"l1"``; pixel_mean, pixel_std: the data normalisation (PSNR in pixels).
+
+    ``encode_ids(images (N, C, H, W))`` -> (N, h*w) ids; ``decode_ids(ids, grid)`` -> images.
+    """
+
     method = "dvae"
 
     def __init__(self, img_size=28, in_chans: int = 1, vocab_size: int = 512, downsample: int = 4,

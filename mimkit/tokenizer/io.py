@@ -42,7 +42,9 @@ def load_images(spec: str, img_size, in_chans: int, mean, std, limit: int | None
     if path.is_file():
         if path.suffix != ".pt":
             raise ValueError(f"{path}: give a directory of images, a .pt tensor file or fashion_mnist[:split]")
-        t = torch.load(path, map_location="cpu", weights_only=True)
+        from ..checkpoint import read_torch_checkpoint
+
+        t = read_torch_checkpoint(path)  # weights_only: an untrusted pickle is refused
         if not isinstance(t, torch.Tensor) or t.ndim != 4:
             raise ValueError(f"{path} must hold one image tensor (N, C, H, W)")
         return (t[:limit] if limit else t).float(), None

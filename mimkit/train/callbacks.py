@@ -19,7 +19,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         """Read with clear errors: a truncated or foreign file, or a weights-only checkpoint, raises a
-        ValueError naming the file instead of a trace from deep inside torch or Lightning."""
+        ValueError naming the file instead of a trace from deep inside torch or Lightning. Read safely
+        (``weights_only``, see :func:`mimkit.checkpoint.read_torch_checkpoint`) whatever Lightning asks
+        for: a file that needs more is refused unless ``--trust-checkpoint`` is in effect."""
         from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
 
         check_checkpoint_file(path)
@@ -43,9 +45,10 @@ class ReconstructionGrid(L.Callback):
         model = pl_module.model
         x = self.images.to(pl_module.device)
         grid = model.grid(x)
-        g = torch.Generator().manual_seed(self.seed)
-        noise = torch.rand(x.shape[0], grid[0] * grid[1], generator=g).to(x.device)
-        kw = {"noise": noise} if getattr(model, "method", "") == "mae" else {}
+        kw = {}
+        if getattr(model, "accepts_noise", False):  # the same mask every epoch, so pictures compare
+            g = torch.Generator().manual_seed(self.seed)
+            kw["noise"] = torch.rand(x.shape[0], grid[0] * grid[1], generator=g).to(x.device)
         with torch.no_grad():
             loss = float(model(x, **kw).loss) if kw else None
         title = f"epoch {trainer.current_epoch + 1}" + (f", loss {loss:.4f}" if loss is not None else "")
@@ -129,8 +132,12 @@ class FinalArtifacts(L.Callback):
                 if path.exists():
                     m = read_metrics(path)
                     curves = {k.split("/", 1)[-1]: v for k, v in m.items() if k in ("train/loss",)}
+                    if "val/loss" in m:  # the held-out loss (data.val_*), one point per epoch, beside it
+                        curves = {"train loss": m["train/loss"], "validation loss": m["val/loss"]} \
+                            if "train/loss" in m else {"validation loss": m["val/loss"]}
                     if curves:
-                        save_curve(None, curves, self.run_dir / "loss_curve.png", title="pretraining loss")
+                        save_curve(None, curves, self.run_dir / "loss_curve.png", title="pretraining loss",
+                                   markers={"validation loss": "o"})
                     extra = {k.split("/", 1)[-1]: v for k, v in m.items()
                              if k.startswith("train/") and k not in ("train/loss", "train/lr")}
                     if extra:

@@ -10,8 +10,17 @@ import yaml
 DEFAULTS: dict = {
     "model": {"name": "mae_vit_tiny_patch4_28"},  # plus any constructor override of the recipe
     "data": {
-        "name": "fashion_mnist",  # fashion_mnist | image_folder
+        "name": "fashion_mnist",  # fashion_mnist | image_folder | webdataset | hf_dataset
         "root": None,
+        "urls": None,  # webdataset: shards "dir/train-{000000..000127}.tar", a list, the shard dir or its index
+        "shard_window": 16,  # webdataset: samples are shuffled within windows of this many shards (null: all)
+        "path": None,  # hf_dataset: a folder written by save_to_disk, or of parquet files
+        "split": "train",  # hf_dataset: the split to train on
+        "image_column": "image",  # hf_dataset: the column holding the images
+        "val_root": None,  # validation loss on an image folder (data.name=image_folder)
+        "val_urls": None,  # ... on shards (data.name=webdataset)
+        "val_split": None,  # ... on another split of the source (fashion_mnist: test; hf_dataset: a split name)
+        "val_fraction": None,  # ... on this fraction of the training images, held out of training
         "img_size": 28,
         "in_chans": 1,
         "batch_size": 256,
@@ -63,6 +72,7 @@ DEFAULTS: dict = {
         "keep_periodic": 3,
         "recon_every_n_epochs": 1,
         "recon_images": 8,
+        "checkpoint_monitor": "step",  # which periodic checkpoints to keep: the newest (step) or best (val/loss)
     },
 }
 
@@ -180,10 +190,55 @@ def validate(cfg: dict) -> dict:
         raise ValueError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, e.g. [0.2, 1.0]; got {cs!r}")
     if d.get("on_error") not in ("skip", "raise"):
         raise ValueError(f"data.on_error must be 'skip' (counted warning) or 'raise', got {d.get('on_error')!r}")
-    if d.get("name") not in ("fashion_mnist", "image_folder"):
-        close = difflib.get_close_matches(str(d.get("name")), ["fashion_mnist", "image_folder"], n=1, cutoff=0.5)
+    names = ("fashion_mnist", "image_folder", "webdataset", "hf_dataset")
+    if d.get("name") not in names:
+        close = difflib.get_close_matches(str(d.get("name")), names, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise ValueError(f"data.name must be 'fashion_mnist' or 'image_folder', got {d.get('name')!r}{hint}")
+        raise ValueError(f"data.name must be one of {', '.join(names)}, got {d.get('name')!r}{hint}")
     if d["name"] == "image_folder" and not d.get("root"):
         raise ValueError("data.name=image_folder needs data.root=<folder of images>")
+    _validate_sources(cfg)
     return cfg
+
+
+def _validate_sources(cfg: dict) -> None:
+    """The shard / Hugging Face / validation-set keys of ``data`` and ``run.checkpoint_monitor``."""
+    d, name = cfg["data"], cfg["data"]["name"]
+    urls = d.get("urls")
+    if name == "webdataset":
+        if not urls or not (isinstance(urls, str) or (isinstance(urls, list) and all(isinstance(u, str) for u in urls))):
+            raise ValueError("data.name=webdataset needs data.urls: a brace pattern such as "
+                             "/data/shards/train-{000000..000127}.tar, a list of tar files, or the shard directory")
+    _num(cfg, "data.shard_window", int, 1, allow_none=True)
+    if name == "hf_dataset" and not d.get("path"):
+        raise ValueError("data.name=hf_dataset needs data.path=<folder written by save_to_disk, or of parquet files>")
+    for k in ("split", "image_column"):
+        if not isinstance(d.get(k), str) or not d.get(k):
+            raise ValueError(f"data.{k} must be a non-empty string, got {d.get(k)!r}")
+    if d.get("decode_on_device") and name == "fashion_mnist":
+        raise ValueError("data.decode_on_device decodes encoded image files: use it with data.name=image_folder, "
+                         "webdataset or hf_dataset")
+    given = [k for k in ("val_root", "val_urls", "val_split", "val_fraction") if d.get(k) not in (None, "", [])]
+    if len(given) > 1:
+        raise ValueError(f"set one validation source, not {' and '.join('data.' + k for k in given)}")
+    if d.get("val_fraction") is not None:
+        v = d["val_fraction"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"data.val_fraction must be a number between 0 and 1 (e.g. 0.05), got {v!r}")
+    allowed = {"val_root": ("image_folder",), "val_urls": ("webdataset",), "val_split": ("fashion_mnist", "hf_dataset")}
+    for k in given:
+        if k in allowed and name not in allowed[k]:
+            alt = {"image_folder": "val_root", "webdataset": "val_urls", "hf_dataset": "val_split",
+                   "fashion_mnist": "val_split"}[name]
+            raise ValueError(f"data.{k} is for data.name={' or '.join(allowed[k])}; with data.name={name} use "
+                             f"data.{alt} or data.val_fraction")
+    if d.get("val_split") is not None and name == "fashion_mnist" and d["val_split"] != "test":
+        raise ValueError(f"Fashion-MNIST has a 'test' split only: data.val_split=test, got {d['val_split']!r}")
+    mon = cfg["run"].get("checkpoint_monitor")
+    if mon not in ("step", "val/loss"):
+        close = difflib.get_close_matches(str(mon), ["step", "val/loss"], n=1, cutoff=0.4)
+        raise ValueError(f"run.checkpoint_monitor must be 'step' (keep the newest) or 'val/loss' (keep the best), "
+                         f"got {mon!r}" + (f"; did you mean {close[0]}?" if close else ""))
+    if mon == "val/loss" and not given:
+        raise ValueError("run.checkpoint_monitor=val/loss needs a validation set: set data.val_fraction, "
+                         "data.val_root, data.val_urls or data.val_split")

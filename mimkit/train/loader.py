@@ -60,14 +60,17 @@ class SeededSamples(Dataset):
 class ResumableSampler(Sampler):
     """Per-epoch shuffle shared by all ranks, rank ``r`` takes every ``W``-th item; the epoch ends
     after ``num_samples // (batch_size * W)`` full global batches (the rest is dropped, as with
-    ``drop_last=True``). Yields ``(index, sample_seed)``."""
+    ``drop_last=True``). Yields ``(index, sample_seed)``. ``order_fn(seed, epoch, num_samples)``, when
+    given, replaces the uniform shuffle (e.g. ``mimkit.shards.ShardWindowOrder``: shuffled within
+    windows of a few shards); it must be a pure function of its arguments, like the shuffle."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, order_fn=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.num_samples, self.batch_size, self.seed, self.shuffle = int(num_samples), int(batch_size), int(seed), shuffle
         self.rank, self.world_size = int(rank), int(world_size)
+        self.order_fn = order_fn
         self.global_batch = self.batch_size * self.world_size
         self.num_batches = self.num_samples // self.global_batch
         if self.num_batches == 0:
@@ -84,6 +87,8 @@ class ResumableSampler(Sampler):
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.num_samples)
+        if self.order_fn is not None:
+            return self.order_fn(self.seed, epoch, self.num_samples)
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         return torch.randperm(self.num_samples, generator=g)
 
@@ -127,7 +132,8 @@ class ResumableLoader(DataLoader):
         s = self.sampler
         if state.get("num_samples") != s.num_samples:
             raise ValueError(f"the checkpoint was trained on {state.get('num_samples')} images but the dataset now "
-                             f"has {s.num_samples}; resume with the same data (data.root, data.limit)")
+                             f"has {s.num_samples}; resume with the same data (data.root / data.urls / data.path, "
+                             "data.limit, data.val_fraction)")
         if state.get("global_batch") != s.global_batch:
             raise ValueError(f"the checkpoint used a global batch of {state.get('global_batch')} "
                              f"(data.batch_size x processes) but this run uses {s.global_batch}; "

@@ -6,7 +6,7 @@ import math
 import lightning as L
 import torch
 
-from ..checkpoint import _jsonable, build_from_config
+from ..checkpoint import build_from_config, jsonable
 from .loader import mix_seed
 
 
@@ -59,6 +59,23 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: set[str]
     return [{"params": skip, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def skip_step_if(optimizer, bad: torch.Tensor) -> bool:
+    """Make the coming ``optimizer.step()`` a no-op when the 0-dim tensor ``bad`` is nonzero, without
+    reading it on the host (no device synchronisation). Returns False when the optimiser cannot do it
+    (then the caller must check on the host).
+
+    It relies on this torch behaviour (checked by ``tests/test_train.py::test_fused_adamw_skips_on_found_inf``,
+    which fails if torch changes it): ``torch.optim.Adam``/``AdamW`` pass their ``found_inf`` attribute
+    (what ``torch.amp.GradScaler`` sets for inf/NaN gradients) to the fused kernel, which leaves the
+    parameters and both moments untouched where it is nonzero and takes the step count back. Only the
+    fused implementation reads it (the others refuse a ``found_inf``), so every group must be fused."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups or not all(g.get("fused") for g in groups):
+        return False
+    optimizer.found_inf = bad.float()
+    return True
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up, then per-step half-cosine down to ``min_ratio`` (MAE's schedule)."""
     if step < warmup:
@@ -79,7 +96,11 @@ class MIMModule(L.LightningModule):
         self.optim_cfg = optim
         self.batch_size = batch_size
         self.seed = int(seed)
+        # capabilities the model declares (see mimkit.base.MIMModel): a schedule set before each step
+        # (the dVAE's temperature), an update after each optimiser step (an EMA teacher)
         self._has_step_hook = callable(getattr(self.model, "on_train_step", None))
+        self._has_after_step_hook = callable(getattr(self.model, "after_optimizer_step", None))
+        self._last_stepped: int | None = None
         self._no_decay = no_decay_set(self.model)  # before any FSDP wrapping
         self._step_losses: list[torch.Tensor] = []  # detached losses since the last optimiser step
         # Total optimiser steps of the schedule, when the caller knows it (run_pretrain does). Otherwise
@@ -152,6 +173,52 @@ class MIMModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
 
+    # ---- validation loss (data.val_*): the pretraining loss on held-out images at each epoch end
+    _VAL_STREAM = 0x56414C  # "VAL": a seed stream of its own, apart from the training steps'
+
+    def on_validation_epoch_start(self) -> None:
+        # validation leaves the global random state as it found it: a run with a validation set trains
+        # exactly as the same run without one
+        self._val_rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+        self._val_sum = torch.zeros((), dtype=torch.float64 if self.device.type != "mps" else torch.float32,
+                                    device=self.device)
+        self._val_count = torch.zeros_like(self._val_sum)
+
+    def validation_step(self, batch, batch_idx):
+        """The method's own loss on a batch of held-out images (evaluation transform, no augmentation).
+        Masks and any other random draw come from a seed fixed by (seed, rank, batch), the same at every
+        epoch, so the epochs' values compare; works for any method whose forward draws its masks."""
+        inputs = batch if isinstance(batch, dict) else {"images": batch[0] if isinstance(batch, (list, tuple)) else batch}
+        torch.manual_seed(mix_seed(self.seed, self._VAL_STREAM, self.global_rank, batch_idx))
+        out = self.model(**inputs)
+        n = inputs["images"].shape[0]
+        self._val_sum += out.loss.detach().to(self._val_sum.dtype) * n
+        self._val_count += n
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/loss``: the mean over every held-out image (sums over all processes, so an uneven split
+        between ranks weighs each image once)."""
+        total = torch.stack([self._val_sum, self._val_count])
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        if float(total[1]) > 0:
+            self.log("val/loss", (total[0] / total[1]).float(), prog_bar=True,
+                     sync_dist=self.trainer.world_size > 1)  # equal on every rank already
+        cpu, cuda = self._val_rng
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+    def on_train_start(self) -> None:
+        self._last_stepped = self.global_step  # restored by now when resuming
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """After an optimiser step (not after an accumulation micro-batch), let the model update what
+        follows the weights (an EMA teacher). A pure function of the step: nothing extra to checkpoint."""
+        if self._has_after_step_hook and self.global_step != self._last_stepped:
+            self._last_stepped = self.global_step
+            self.model.after_optimizer_step(self.global_step, getattr(self, "total_steps", 1))
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """Never apply an update from a NaN/inf loss (on any rank): the weights and every checkpoint on
         disk stay the last good ones, and training stops with :class:`NonFiniteLossError`.
@@ -166,11 +233,11 @@ class MIMModule(L.LightningModule):
             return
         vals = torch.stack(losses)
         distributed = self.trainer.world_size > 1
-        if all(g.get("fused") for g in getattr(optimizer, "param_groups", [{}])):
-            bad = (~torch.isfinite(vals).all()).float()
-            if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-            optimizer.found_inf = bad
+        bad = (~torch.isfinite(vals).all()).float()
+        fused = all(g.get("fused") for g in getattr(optimizer, "param_groups", None) or [{}])
+        if fused and distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if fused and skip_step_if(optimizer, bad):
             host = bad.to("cpu", non_blocking=True) if bad.is_cuda else bad
             event = None
             if bad.is_cuda:
@@ -221,7 +288,7 @@ class MIMModule(L.LightningModule):
         mine = self.hparams.get("model_config")
         if saved is None or mine is None:
             return
-        saved, mine = _jsonable(dict(saved)), _jsonable(dict(mine))
+        saved, mine = jsonable(dict(saved)), jsonable(dict(mine))
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {mine.get(k)!r}" for k in diff[:5])

@@ -134,7 +134,10 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-step{step:07d}", auto_insert_metric_name=False,
                         every_n_epochs=int(r["checkpoint_every_n_epochs"] or 1), save_top_k=int(r["keep_periodic"]),
-                        monitor="step", mode="max", save_last=True, enable_version_counter=False),
+                        # keep the newest periodic checkpoints, or the best by validation loss
+                        monitor=r.get("checkpoint_monitor") or "step",
+                        mode="min" if r.get("checkpoint_monitor") == "val/loss" else "max",
+                        save_last=True, enable_version_counter=False),
         FinalArtifacts(run_dir),
         *extra_callbacks,
     ]
@@ -154,6 +157,7 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
         deterministic=bool(t["deterministic"]), callbacks=callbacks, logger=loggers,
         plugins=[AtomicCheckpointIO()], enable_progress_bar=bool(t["enable_progress_bar"]),
         enable_model_summary=False, use_distributed_sampler=False,  # mimkit's loader shards by rank itself
+        num_sanity_val_steps=0,  # the validation set (data.val_*) is checked when it is built
     )
     if t.get("limit_train_batches") is not None:
         kwargs["limit_train_batches"] = t["limit_train_batches"]
@@ -179,10 +183,21 @@ def stepping_batches(trainer, num_samples: int, batch_size: int) -> int | None:
     return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
 
-def _data_module(dataset, batch_size: int, num_workers: int, seed: int, collate_fn=None):
+def _data_module(dataset, batch_size: int, num_workers: int, seed: int, collate_fn=None, val_dataset=None,
+                 shard_window: int | None = None):
+    """The training loader (and, with ``val_dataset``, the validation loader) for Lightning.
+    Shard datasets (``mimkit.shards.ShardImages``) are shuffled within windows of ``shard_window``
+    shards; validation images are split between ranks as ``rank::world_size`` (every image once, in
+    a fixed order: the validation loss is a sum over all of them, see ``MIMModule.validation_step``)."""
     import lightning as L
 
     from .loader import ResumableLoader, ResumableSampler
+
+    order_fn = None
+    if hasattr(dataset, "shard_bounds"):
+        from ..shards import ShardWindowOrder
+
+        order_fn = ShardWindowOrder(dataset.shard_bounds(), shard_window)
 
     class PretrainData(L.LightningDataModule):
         """Builds the loader once the trainer knows this process's rank and the world size."""
@@ -190,10 +205,20 @@ def _data_module(dataset, batch_size: int, num_workers: int, seed: int, collate_
         def train_dataloader(self):
             t = self.trainer
             sampler = ResumableSampler(len(dataset), batch_size, seed, shuffle=True,
-                                       rank=t.global_rank, world_size=t.world_size)
+                                       rank=t.global_rank, world_size=t.world_size, order_fn=order_fn)
             return ResumableLoader(dataset, sampler, num_workers=num_workers, collate_fn=collate_fn,
                                    pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
+    if val_dataset is not None:
+        def val_dataloader(self):
+            from torch.utils.data import DataLoader
+
+            t = self.trainer
+            return DataLoader(val_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                              sampler=range(t.global_rank, len(val_dataset), t.world_size),
+                              pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+        PretrainData.val_dataloader = val_dataloader
     return PretrainData()
 
 
@@ -216,11 +241,16 @@ def _device_decoded_data(d: dict, module, seed: int):
     from ..data import default_stats
     from ..device_data import DeviceAugment, EncodedImageFolder, collate_encoded
 
-    if d["name"] != "image_folder":
-        raise ValueError("data.decode_on_device works with data.name=image_folder (JPEG files); "
-                         f"got data.name={d['name']}")
-    root = Path(d.get("root") or "")
-    ds = EncodedImageFolder(root / "train" if (root / "train").is_dir() else root)
+    if d["name"] in ("webdataset", "hf_dataset"):
+        from ..data import limit_rows, source_dataset
+
+        ds = limit_rows(source_dataset(d, "train", encoded=True), d.get("limit"))
+    elif d["name"] != "image_folder":
+        raise ValueError("data.decode_on_device works with data.name=image_folder, webdataset or hf_dataset "
+                         f"(encoded image files); got data.name={d['name']}")
+    else:
+        root = Path(d.get("root") or "")
+        ds = EncodedImageFolder(root / "train" if (root / "train").is_dir() else root)
     mean, std = default_stats(d["name"], int(d["in_chans"]))
     module.device_augment = DeviceAugment(int(d["img_size"]), d.get("mean") or mean, d.get("std") or std,
                                           int(d["in_chans"]), d.get("crop_scale", (0.2, 1.0)), hflip=d.get("hflip", True),
@@ -233,59 +263,116 @@ def _quiet_known_warnings() -> None:
     import warnings
 
     for msg in (r".*overridden `on_before_batch_transfer`.*", r".*isinstance\(treespec, LeafSpec\).*",
-                r".*litlogger.*"):
+                r".*litlogger.*", r".*`validation_step` but have no `val_dataloader`.*",
+                r".*module\(s\) in eval mode at the start of training.*"):  # frozen teachers / tokenizers
         warnings.filterwarnings("ignore", message=msg)
     os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
 
 
-def run_pretrain(cfg: dict, resume: str | None = None, callbacks=()) -> Path:
+def resume_point(run_dir: Path, resume) -> tuple[str | None, int]:
+    """The checkpoint to continue from (``--resume``, or Lightning's SLURM requeue checkpoint in
+    ``run_dir``) and its step; checked in a second, before any data is loaded (tensors are mapped,
+    not read)."""
+    from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
+
+    if resume is None:  # a SLURM job requeued after Lightning's SIGUSR1 checkpoint continues from it
+        resume = _slurm_requeue_checkpoint(run_dir)
+    if resume is None:
+        return None, 0
+    resume = str(resolve_resume(resume))
+    check_checkpoint_file(resume)
+    return resume, int(check_training_checkpoint(read_torch_checkpoint(resume, mmap=True), resume)["global_step"])
+
+
+def training_data(d: dict, module, seed: int):
+    """(dataset, collate_fn) for pretraining: the configured dataset with the MAE augmentation, or
+    encoded files decoded on the device (``data.decode_on_device``)."""
+    from ..data import build_dataset
+
+    if d.get("decode_on_device"):
+        ds, collate_fn = _device_decoded_data(d, module, seed)
+    else:
+        ds, collate_fn = build_dataset(d, "train", train_transform=True), None
+    if d.get("val_fraction"):  # the held-out images (validation_data) are not trained on
+        from ..data import held_out_rows, take_rows
+
+        ds = take_rows(ds, held_out_rows(len(ds), d["val_fraction"], seed)[0])
+    if len(ds) < int(d["batch_size"]):
+        raise ValueError(f"the dataset has {len(ds)} images, fewer than data.batch_size={d['batch_size']}; "
+                         "lower the batch size or add images")
+    return ds, collate_fn
+
+
+def validation_data(d: dict, seed: int):
+    """The held-out images for the validation loss (``data.val_root`` / ``val_urls`` / ``val_split`` /
+    ``val_fraction``), decoded on the CPU with the evaluation transform; None without one."""
+    from ..data import build_val_dataset
+
+    ds = build_val_dataset(d, seed)
+    if ds is not None and len(ds) == 0:
+        raise ValueError("the validation set is empty; check data.val_root / data.val_urls / data.val_split")
+    return ds
+
+
+def run_callbacks(cfg: dict, model, run_dir: Path, strategy, extra=()) -> list:
+    """Throughput logging, the caller's callbacks, and reconstruction pictures of fixed images for
+    models that reconstruct pixels (not under FSDP: the full model is not on one process)."""
+    from ..data import build_dataset, default_stats
+    from .callbacks import ReconstructionGrid, Throughput
+
+    d = cfg["data"]
+    callbacks = [Throughput(every=int(cfg["trainer"]["log_every_n_steps"])), *extra]
+    n_rec = int(cfg["run"].get("recon_images") or 0)
+    if n_rec and hasattr(model, "reconstruct") and not is_fsdp(strategy):
+        eval_ds = build_dataset(d, "train", train_transform=False)
+        imgs = torch.stack([eval_ds[i][0] for i in range(min(n_rec, len(eval_ds)))])
+        mean, std = default_stats(d["name"], int(d["in_chans"]))
+        callbacks.append(ReconstructionGrid(imgs, run_dir / "reconstructions", d.get("mean") or mean,
+                                            d.get("std") or std, int(cfg["run"]["recon_every_n_epochs"] or 1)))
+    return callbacks
+
+
+def prepare_run_dir(cfg: dict, run_dir: Path, resume_step: int | None) -> None:
+    """On rank 0: keep the loss history logged before a resumed checkpoint, write the resolved config."""
+    if resume_step is not None:
+        from .callbacks import archive_metrics
+
+        archive_metrics(run_dir / "logs", resume_step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    print(f"mimkit: run directory {run_dir}", flush=True)
+
+
+def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_checkpoint: bool = False) -> Path:
     """Train the model of ``cfg`` (see ``mimkit.train.config.DEFAULTS``); return the run directory.
     ``callbacks``: extra Lightning callbacks (e.g. :class:`~mimkit.train.callbacks.Throughput`).
-    ``resume``: a checkpoint (or run directory) to continue from, exactly where it stopped."""
+    ``resume``: a checkpoint (or run directory) to continue from, exactly where it stopped.
+    ``trust_checkpoint``: unpickle ``resume`` and tokenizer files fully (only files you trust)."""
+    from ..checkpoint import is_trusted, trusted_checkpoints
+
+    if trust_checkpoint and not is_trusted():
+        with trusted_checkpoints():
+            return run_pretrain(cfg, resume, callbacks)
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
-    from ..data import build_dataset, default_stats
-    from .callbacks import ReconstructionGrid, Throughput
     from .module import MIMModule
 
     validate(cfg)
     _quiet_known_warnings()
     recipe, kw = model_kwargs(cfg)
     run_dir = run_dir_for(cfg, recipe)
-    if resume is None:  # a SLURM job requeued after Lightning's SIGUSR1 checkpoint continues from it
-        resume = _slurm_requeue_checkpoint(run_dir)
-    if resume is not None:
-        resume = str(resolve_resume(resume))
-        # fail in a second on a truncated/foreign file, not after data loading (tensors are mapped, not read)
-        check_checkpoint_file(resume)
-        resume_step = int(check_training_checkpoint(read_torch_checkpoint(resume, mmap=True), resume)["global_step"])
+    resume, resume_step = resume_point(run_dir, resume)
     seed = int(cfg["run"]["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
-    model_config = {"recipe": recipe, **kw}
     d = cfg["data"]
-    module = MIMModule(model_config, cfg["optim"], int(d["batch_size"]), seed=seed)
+    module = MIMModule({"recipe": recipe, **kw}, cfg["optim"], int(d["batch_size"]), seed=seed)
     module.tune_cpu_malloc = bool(cfg["trainer"].get("tune_cpu_malloc", True))
     _check_compat(module.model, d)
     strategy = build_strategy(cfg, module.model)
-
-    collate_fn = None
-    if d.get("decode_on_device"):
-        train_ds, collate_fn = _device_decoded_data(d, module, seed)
-    else:
-        train_ds = build_dataset(d, "train", train_transform=True)
-    if len(train_ds) < int(d["batch_size"]):
-        raise ValueError(f"the dataset has {len(train_ds)} images, fewer than data.batch_size={d['batch_size']}; "
-                         "lower the batch size or add images")
-    callbacks = [Throughput(every=int(cfg["trainer"]["log_every_n_steps"]))] + list(callbacks)
-    n_rec = int(cfg["run"].get("recon_images") or 0)
-    if n_rec and hasattr(module.model, "reconstruct") and not is_fsdp(strategy):
-        eval_ds = build_dataset(d, "train", train_transform=False)
-        imgs = torch.stack([eval_ds[i][0] for i in range(min(n_rec, len(eval_ds)))])
-        mean, std = default_stats(d["name"], int(d["in_chans"]))
-        callbacks.append(ReconstructionGrid(imgs, run_dir / "reconstructions", d.get("mean") or mean,
-                                            d.get("std") or std, int(cfg["run"]["recon_every_n_epochs"] or 1)))
+    train_ds, collate_fn = training_data(d, module, seed)
+    val_ds = validation_data(d, seed)
+    callbacks = run_callbacks(cfg, module.model, run_dir, strategy, callbacks)
     if cfg["trainer"].get("compile"):
         module.compile_model()
     try:
@@ -299,14 +386,9 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=()) -> Path:
     if shared_dir:
         os.environ["MIMKIT_RUN_DIR"] = str(run_dir)  # processes Lightning starts itself inherit it
     if trainer.is_global_zero:
-        if resume is not None:  # keep the loss history logged before the checkpoint
-            from .callbacks import archive_metrics
-
-            archive_metrics(run_dir / "logs", resume_step)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        print(f"mimkit: run directory {run_dir}", flush=True)
-    data = _data_module(train_ds, int(d["batch_size"]), int(d["num_workers"]), seed, collate_fn)
+        prepare_run_dir(cfg, run_dir, resume_step if resume is not None else None)
+    data = _data_module(train_ds, int(d["batch_size"]), int(d["num_workers"]), seed, collate_fn,
+                        val_ds, d.get("shard_window"))
     module.total_steps_hint = stepping_batches(trainer, len(train_ds), int(d["batch_size"]))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume)

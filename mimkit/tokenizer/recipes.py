@@ -1,10 +1,12 @@
-"""Tokenizer recipes: the discrete VAE BEiT learns to predict (trained by ``mimkit tokenizer train``)
-and the DALL-E encoder builder (for ``mimkit.save``/``mimkit.load`` of an imported encoder)."""
+"""Tokenizer builders and recipes: the discrete VAE BEiT learns to predict (trained by ``mimkit
+tokenizer train``), the DALL-E encoder and BEiT's DALLE-pytorch dVAE (for ``mimkit.save``/``mimkit.load``
+of an imported tokenizer). Imported by the registry with the method modules."""
 from __future__ import annotations
 
 from ..registry import register_builder, register_recipe
-from ..tokenizer.dalle import DALLEEncoder
-from ..tokenizer.dvae import DiscreteVAE
+from .dalle import DALLEEncoder
+from .dalle_pytorch import DallePytorchDVAE
+from .dvae import DiscreteVAE
 
 # the data pipeline's normalisation (mimkit.data's Fashion-MNIST / ImageNet statistics), so that
 # PSNR is reported in pixel space and `mimkit tokenizer encode/stats` normalise files the same way
@@ -13,6 +15,7 @@ _IMAGENET = dict(pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.22
 
 register_builder("dvae", DiscreteVAE)
 register_builder("dalle_encoder", DALLEEncoder)
+register_builder("dalle_pytorch_dvae", DallePytorchDVAE)
 
 register_recipe(
     "dvae_tiny_28", DiscreteVAE,
