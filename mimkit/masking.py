@@ -388,40 +388,45 @@ class MultiBlockMasking(MaskGenerator):
         bh, bw = int(round(math.sqrt(keep * ar))), int(round(math.sqrt(keep / ar)))
         return max(1, min(bh, grid[0] - 1)), max(1, min(bw, grid[1] - 1))
 
-    def _block(self, rng: random.Random, grid, size, allowed: list | None):
+    @staticmethod
+    def _boxes(n: int, grid, size, generator, device) -> torch.Tensor:
+        """``n`` blocks of ``size`` at random places as bool (n, h, w) (top-left corner uniform, as the
+        reference: ``randint(0, h - bh)``)."""
         h, w = grid
         bh, bw = size
-        tries, left = 0, 20
-        while True:
-            top, lft = rng.randrange(0, h - bh), rng.randrange(0, w - bw)
-            m = torch.zeros(h, w, dtype=torch.bool)
-            m[top:top + bh, lft:lft + bw] = True
-            for a in (allowed or [])[: max(len(allowed or []) - tries, 0)]:
-                m &= a
-            if int(m.sum()) > min(self.min_keep, bh * bw - 1):
-                return m
-            left -= 1
-            if left == 0:
-                tries, left = tries + 1, 20
+        top = torch.randint(0, h - bh, (n, 1, 1), generator=generator, device=device)
+        left = torch.randint(0, w - bw, (n, 1, 1), generator=generator, device=device)
+        r = torch.arange(h, device=device).view(1, h, 1)
+        c = torch.arange(w, device=device).view(1, 1, w)
+        return (r >= top) & (r < top + bh) & (c >= left) & (c < left + bw)
 
     def sample(self, batch_size: int, grid, generator: torch.Generator | None = None, device=None):
         gen_device = generator.device if generator is not None else "cpu"
-        seeds = torch.randint(0, 2**31 - 1, (batch_size + 1,), generator=generator, device=gen_device).tolist()
-        batch_rng = random.Random(seeds[0])
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=gen_device))
+        batch_rng = random.Random(seed)
         t_size = self._block_size(batch_rng, grid, self.target_scale, self.target_aspect)
         c_size = self._block_size(batch_rng, grid, self.context_scale, (1.0, 1.0))
-        ctx, tgt = [], []
-        for s in seeds[1:]:
-            rng = random.Random(s)
-            blocks = [self._block(rng, grid, t_size, None) for _ in range(self.num_targets)]
-            c = self._block(rng, grid, c_size, [~b for b in blocks])
-            ctx.append(c.flatten().nonzero().squeeze(1))
-            tgt.append([b.flatten().nonzero().squeeze(1) for b in blocks])
-        kc = min(len(c) for c in ctx)
-        kt = min(len(t) for ts in tgt for t in ts)
-        context = torch.stack([c[:kc] for c in ctx])
-        targets = torch.stack([torch.stack([t[:kt] for t in ts]) for ts in tgt])
-        return context.to(device), targets.to(device)
+        n, nt, L = batch_size, self.num_targets, grid[0] * grid[1]
+        targets = self._boxes(n * nt, grid, t_size, generator, gen_device).reshape(n, nt, L)
+        need = min(self.min_keep, c_size[0] * c_size[1] - 1)
+        context = torch.zeros(n, L, dtype=torch.bool, device=gen_device)
+        todo = torch.arange(n, device=gen_device)
+        for attempt in range(20 * (nt + 1)):  # 20 draws, then one target constraint fewer (the reference)
+            kept = nt - attempt // 20
+            c = self._boxes(len(todo), grid, c_size, generator, gen_device).reshape(len(todo), L)
+            if kept > 0:
+                c &= ~targets[todo, :kept].any(1)
+            ok = c.sum(1) > need
+            context[todo[ok]] = c[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                break
+        # index lists in row-major order, cut to the shortest in the batch (as the reference)
+        kc = int(context.sum(1).min())
+        kt = int(targets.sum(2).min())
+        ctx = context.float().argsort(dim=1, descending=True, stable=True)[:, :kc]
+        tgt = targets.float().argsort(dim=2, descending=True, stable=True)[:, :, :kt]
+        return ctx.to(device), tgt.to(device)
 
     def __call__(self, batch_size, grid, generator=None, device=None):
         context, _ = self.sample(batch_size, grid, generator, device)

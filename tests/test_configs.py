@@ -32,3 +32,13 @@ def test_overrides_parse_and_reject_unknown_keys():
         load_config(None, ["trainr.max_epochs=3"])
     with pytest.raises(ValueError, match="section.key=value"):
         load_config(None, ["max_epochs"])
+
+
+def test_overrides_read_numbers_as_a_user_writes_them():
+    from mimkit.train.config import parse_overrides
+
+    got = parse_overrides(["optim.blr=3e-3", "optim.lr=1.5e-4", "model.name=mae_vit_tiny_patch4_28", "data.crop_scale=[0.3,1]",
+                           "run.dir=runs/a.b", "trainer.compile=true"])
+    assert got["optim"] == {"blr": 0.003, "lr": 0.00015}  # YAML alone reads 3e-3 as a string
+    assert got["model"]["name"] == "mae_vit_tiny_patch4_28" and got["run"]["dir"] == "runs/a.b"
+    assert got["data"]["crop_scale"] == [0.3, 1] and got["trainer"]["compile"] is True

@@ -348,3 +348,17 @@ def test_fused_adamw_skips_on_found_inf(flag):
     else:
         assert w[0] < after_first - 0.05 and int(state["step"]) == 2
     assert not skip_step_if(torch.optim.AdamW([w], lr=0.1), torch.tensor(1.0))  # only fused optimisers honour it
+
+
+@pytest.mark.parametrize("max_epochs,total", [(10, 1000), (-1, 1000), (50, 1000)])
+def test_warmup_counts_epochs_of_optimizer_steps_even_when_max_steps_ends_the_run(max_epochs, total):
+    """optim.warmup_epochs is epochs of optimiser steps (here 1 epoch = 100 steps), whether the run is
+    bounded by epochs, by max_steps alone (max_epochs=-1), or by max_steps before the last epoch."""
+    m = _module(optim={"lr": 1.0, "warmup_epochs": 2.0})
+    m._trainer = SimpleNamespace(accumulate_grad_batches=1, world_size=1, max_epochs=max_epochs,
+                                 estimated_stepping_batches=total)
+    m.total_steps_hint, m.steps_per_epoch_hint = total, 100
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lrs = [sched.lr_lambdas[0](s) for s in (0, 99, 199, 200, 999)]
+    assert lrs[0] == pytest.approx(1 / 200) and lrs[1] == pytest.approx(0.5) and lrs[2] == pytest.approx(1.0)
+    assert lrs[3] == pytest.approx(1.0) and lrs[4] < 1e-4  # then the half-cosine to the end of the run

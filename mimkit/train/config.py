@@ -99,6 +99,17 @@ def merge(base: dict, extra: dict, path: str = "") -> dict:
     return out
 
 
+def _yaml_value(text: str):
+    """A command-line value as YAML reads it, except that ``3e-3`` is a number (YAML 1.1 wants ``3.0e-3``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") and value.strip().lower() not in ("e", "inf", "nan") else value
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(items) -> dict:
     """``["trainer.max_epochs=5", "model.mask_ratio=0.6"]`` -> nested dict (values parsed as YAML)."""
     result: dict = {}
@@ -112,7 +123,7 @@ def parse_overrides(items) -> dict:
         node = result
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        node[parts[-1]] = _yaml_value(value) if value != "" else None
     return result
 
 

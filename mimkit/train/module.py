@@ -107,6 +107,7 @@ class MIMModule(L.LightningModule):
         # Lightning's estimated_stepping_batches is used, which loads the dataloader *before* a resumed
         # checkpoint is restored and so loses the saved dataloader position (exact resume needs this).
         self.total_steps_hint: int | None = None
+        self.steps_per_epoch_hint: int | None = None
 
     def forward(self, images, **kw):
         return self.model(images, **kw)
@@ -128,8 +129,9 @@ class MIMModule(L.LightningModule):
         opt = torch.optim.AdamW(param_groups(self.model, float(o["weight_decay"]), self._no_decay), lr=lr,
                                 betas=tuple(o["betas"]), fused=bool(fused))
         total = max(1, int(self.total_steps_hint or self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(float(o.get("warmup_epochs", 0)) * total / epochs))
+        # warm-up in optimiser steps: warmup_epochs x steps per epoch (also when max_steps ends the run)
+        per_epoch = self.steps_per_epoch_hint or total / max(1, self.trainer.max_epochs or 1)
+        warmup = min(total, int(round(float(o.get("warmup_epochs", 0)) * per_epoch)))
         min_ratio = float(o.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))

@@ -166,20 +166,25 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
     return L.Trainer(**kwargs)
 
 
-def stepping_batches(trainer, num_samples: int, batch_size: int) -> int | None:
-    """Optimiser steps of the whole run, as Lightning's ``estimated_stepping_batches`` computes them,
-    from the dataset size (without loading the dataloader early)."""
+def optimizer_steps_per_epoch(trainer, num_samples: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch (full global batches, ``limit_train_batches``, accumulation)."""
     import math
 
-    if trainer.max_epochs in (None, -1):
-        return trainer.max_steps if trainer.max_steps != -1 else None
     per_epoch = num_samples // (batch_size * trainer.world_size)
     limit = trainer.limit_train_batches
     if isinstance(limit, int):
         per_epoch = min(per_epoch, limit)
     elif limit is not None:
         per_epoch = int(per_epoch * float(limit))
-    total = math.ceil(per_epoch / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches))
+
+
+def stepping_batches(trainer, num_samples: int, batch_size: int) -> int | None:
+    """Optimiser steps of the whole run, as Lightning's ``estimated_stepping_batches`` computes them,
+    from the dataset size (without loading the dataloader early)."""
+    if trainer.max_epochs in (None, -1):
+        return trainer.max_steps if trainer.max_steps != -1 else None
+    total = optimizer_steps_per_epoch(trainer, num_samples, batch_size) * max(trainer.max_epochs, 1)
     return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
 
@@ -390,6 +395,7 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     data = _data_module(train_ds, int(d["batch_size"]), int(d["num_workers"]), seed, collate_fn,
                         val_ds, d.get("shard_window"))
     module.total_steps_hint = stepping_batches(trainer, len(train_ds), int(d["batch_size"]))
+    module.steps_per_epoch_hint = optimizer_steps_per_epoch(trainer, len(train_ds), int(d["batch_size"]))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume)
     except MisconfigurationException as e:
