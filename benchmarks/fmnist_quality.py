@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-BEST_RECIPE = "data2vec2_vit_tiny_patch4_28"
+BEST_RECIPE = "mae_vit_tiny_patch4_28"
 ALL_METHODS = ["mae_vit_tiny_patch4_28", "simmim_vit_tiny_patch4_28", "maskfeat_vit_tiny_patch4_28",
                "beit_vit_tiny_patch4_28", "data2vec2_vit_tiny_patch4_28", "ijepa_vit_tiny_patch4_28"]
 LOW_LABELS = (60, 600)
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-epochs", type=float, help="pretraining epochs (default: the recipe config's)")
     p.add_argument("--pretrain-minutes", type=float, help="with --checkpoint: its pretraining time, for the scratch budget")
     p.add_argument("--overrides", nargs="*", default=[], help="extra section.key=value overrides for pretraining")
-    p.add_argument("--finetune-epochs", type=float, default=3, help="fine-tuning epochs with all labels (default 3)")
+    p.add_argument("--finetune-epochs", type=float, default=1, help="fine-tuning epochs with all labels (default 1)")
     p.add_argument("--finetune-batch-size", type=int, default=128)
     p.add_argument("--finetune-blr", type=float, default=2e-3, help="fine-tune base lr, lr = blr * batch / 256")
     p.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay for the pretrained encoder")

@@ -11,6 +11,16 @@ from timm.layers import to_2tuple as _timm_2tuple
 from torch import nn
 
 
+def token_grid(ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Token ids (N, h*w) row-major -> (N, h, w); (N, h, w) passes through. Raises if they do not fill the grid."""
+    if ids.ndim != 2:
+        return ids
+    h, w = grid
+    if ids.shape[1] != h * w:
+        raise ValueError(f"{ids.shape[1]} ids do not fill a {h}x{w} grid; pass grid=(h, w)")
+    return ids.reshape(-1, h, w)
+
+
 def check_image_size(img_size: tuple[int, int], patch_size: int) -> None:
     """Raise a clear error when the image cannot be cut into whole patches."""
     h, w = img_size

@@ -37,6 +37,21 @@ def perturb_weights(model, scale: float = 0.05, trainable_only: bool = False, sk
     return model
 
 
+def sigkill_at_marker(proc, marker, step, timeout: float = 240) -> None:
+    """Wait until the child run ``proc`` writes ``marker`` (it finished optimiser step ``step`` and
+    blocks there), then SIGKILL it: a crash at a known point, not a polite stop."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"the run exited before step {step}:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "the run never reached the kill point"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
 @pytest.fixture()
 def perturb():
     """:func:`perturb_weights` as a fixture."""

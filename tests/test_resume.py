@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning  # noqa: F401  (import before any output capture)
 import torch
+from conftest import sigkill_at_marker
 from safetensors.torch import load_file
 
 TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
@@ -75,13 +75,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     except BaseException:
         cut.kill()
         raise
-    deadline = time.time() + 240
-    while not marker.exists():
-        assert cut.poll() is None, f"the run exited before step {HANG_AT}:\n{cut.stdout.read()[-3000:]}"
-        assert time.time() < deadline, "the run never reached the kill point"
-        time.sleep(0.05)
-    cut.send_signal(signal.SIGKILL)
-    cut.wait(timeout=60)
+    sigkill_at_marker(cut, marker, HANG_AT)
     assert cut.returncode == -signal.SIGKILL
     assert not (cut_dir / "model").exists()  # it really died before the end
 

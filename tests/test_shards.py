@@ -17,6 +17,7 @@ import lightning  # noqa: F401  (import before any output capture)
 import numpy as np
 import pytest
 import torch
+from conftest import sigkill_at_marker
 from PIL import Image
 
 from mimkit.cli import main
@@ -246,8 +247,6 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_on_shards(shards, t
     """tests/test_resume.py on shards, with a validation set held out of them: killed after step 13
     (last checkpoint at step 10 = epoch 1, batch 2 of 8), resumed, bit-identical weights and the same
     training and validation loss at every logged step."""
-    import signal
-    import time
 
     from safetensors.torch import load_file
     from test_resume import _launch
@@ -269,13 +268,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_on_shards(shards, t
     except BaseException:
         cut.kill()
         raise
-    deadline = time.time() + 240
-    while not marker.exists():
-        assert cut.poll() is None, f"the run exited before step 13:\n{cut.stdout.read()[-3000:]}"
-        assert time.time() < deadline, "the run never reached the kill point"
-        time.sleep(0.05)
-    cut.send_signal(signal.SIGKILL)
-    cut.wait(timeout=60)
+    sigkill_at_marker(cut, marker, 13)
     last = cut_dir / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)["loops"]["fit_loop"]["state_dict"]
     loader_state = state["combined_loader"][0]

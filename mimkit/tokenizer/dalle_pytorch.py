@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ops import check_image_size, to_2tuple
+from ..ops import check_image_size, to_2tuple, token_grid
 
 # BEiT's customized dVAE (NUM_TOKENS, NUM_LAYERS, EMB_DIM, HID_DIM in its utils) and its input view
 BEIT_DVAE = dict(num_tokens=8192, num_layers=3, codebook_dim=512, hidden_dim=256)
@@ -121,11 +121,7 @@ class DallePytorchDVAE(nn.Module):
 
     def decode_ids(self, ids: torch.Tensor, grid=None) -> torch.Tensor:
         """Images (N, C, H, W) from ids (N, h*w) or (N, h, w), in the space the inputs came in."""
-        if ids.ndim == 2:
-            h, w = grid or self.grid_size
-            if ids.shape[1] != h * w:
-                raise ValueError(f"{ids.shape[1]} ids do not fill a {h}x{w} grid; pass grid=(h, w)")
-            ids = ids.reshape(-1, h, w)
+        ids = token_grid(ids, grid or self.grid_size)
         out = self.decoder(self.codebook(ids).permute(0, 3, 1, 2)) * self.input_std + self.input_mean
         if self.pixel_mean is not None:
             out = (out - self.pixel_mean) / self.pixel_std

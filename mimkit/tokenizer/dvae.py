@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import MIMModel, MIMOutput
-from ..ops import check_image_size
+from ..ops import check_image_size, token_grid
 
 
 class ResBlock(nn.Module):
@@ -153,11 +153,7 @@ class DiscreteVAE(MIMModel):
 
     def decode_ids(self, ids: torch.Tensor, grid=None) -> torch.Tensor:
         """Images (N, C, H, W) from token ids (N, h*w) or (N, h, w)."""
-        if ids.ndim == 2:
-            h, w = grid or self.grid_size
-            if ids.shape[1] != h * w:
-                raise ValueError(f"{ids.shape[1]} ids do not fill a {h}x{w} grid; pass grid=(h, w)")
-            ids = ids.reshape(-1, h, w)
+        ids = token_grid(ids, grid or self.grid_size)
         z = self.codebook(ids).permute(0, 3, 1, 2)
         return self.decoder(z)
 
