@@ -272,6 +272,16 @@ def _quiet_known_warnings() -> None:
                 r".*module\(s\) in eval mode at the start of training.*"):  # frozen teachers / tokenizers
         warnings.filterwarnings("ignore", message=msg)
     os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+    import logging
+
+    for handler in logging.getLogger("lightning.pytorch").handlers:  # Lightning's advert, logged as info
+        if not any(isinstance(f, _NoTips) for f in handler.filters):
+            handler.addFilter(_NoTips())
+
+
+class _NoTips:
+    def filter(self, record) -> bool:
+        return "Tip:" not in str(record.msg)
 
 
 def resume_point(run_dir: Path, resume) -> tuple[str | None, int]:
