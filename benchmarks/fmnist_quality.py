@@ -365,7 +365,7 @@ def run_best(args, results, clock, out_dir, work):
     if "scratch" not in args.skip and "finetune" not in args.skip:
         epoch_s = entry["finetune_details"]["fit_seconds"] / args.finetune_epochs
         budget = pre_s + entry["finetune_details"]["fit_seconds"]
-        epochs = max(1, round(budget / epoch_s))
+        epochs = round(budget / epoch_s, 2)  # fractional: the exact wall-clock budget, not a rounded one
         with clock(f"scratch: the same ViT, {epochs} fine-tune epochs = the {budget / 60:.1f} min of pretraining + fine-tuning"):
             torch.manual_seed(args.seed)
             ft = finetune_run(mimkit.create(args.recipe), train_aug, test, args, 1.0, epochs, work / "scratch")

@@ -364,3 +364,14 @@ def test_cli_scarce_labels(image_folder, saved_mae, tmp_path, capsys):
     assert main(["eval", "knn", "--checkpoint", str(saved_mae), "--data", str(image_folder),
                  "--labels-per-class", "25"]) == 2
     assert "class 0 has only 24 training images" in capsys.readouterr().err
+
+
+def test_finetune_fractional_epochs_stop_after_their_share_of_steps():
+    """An equal-time baseline asks for e.g. 1.5 epochs: 6 batches per epoch -> 9 optimiser steps."""
+    from mimkit.eval.finetune import finetune
+
+    train, test = _stripes(192, 0), _stripes(32, 1)
+    _, res = finetune(tiny_mae(), train, test, 2, epochs=1.5, batch_size=32, warmup_epochs=0.5, progress=False)
+    assert res["steps"] == 9, res
+    _, res = finetune(tiny_mae(), train, test, 2, epochs=2, batch_size=32, warmup_epochs=0.5, progress=False)
+    assert res["steps"] == 12, res

@@ -16,7 +16,7 @@ def register(sub) -> None:
                                     "write pictures")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe (default {DEFAULT_RECIPE}, configs/<recipe>.yaml)")
-    p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help=f"pretraining epochs (default {DEFAULT_EPOCHS})")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"pretraining epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--debug", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra section.key=value overrides")

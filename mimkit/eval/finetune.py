@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 import time
 import warnings
@@ -67,8 +68,8 @@ class FinetuneModule(L.LightningModule):
             g["lr"] = self.lr * g["lr_scale"]
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(self.warmup_epochs * total / epochs))
+        per_epoch = self.trainer.num_training_batches  # an epoch may be cut short by max_steps (fractional epochs)
+        warmup = min(total, int(round(self.warmup_epochs * per_epoch)))
         min_ratio = self.min_lr / self.lr if self.lr > 0 else 0.0
         from ..train.module import warmup_cosine
 
@@ -119,7 +120,7 @@ def _precision(device_type: str) -> str:
     return "bf16-mixed" if device_type == "cuda" else "32-true"
 
 
-def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str = "mean", epochs: int = 10,
+def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str = "mean", epochs: float = 10,
              batch_size: int = 128, blr: float = 1e-3, lr: float | None = None, min_lr: float = 1e-6,
              layer_decay: float = 0.75, weight_decay: float = 0.05, drop_path: float = 0.1, mixup: float = 0.0,
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
@@ -156,7 +157,9 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
 
         logger = CSVLogger(str(out_dir), name="logs", version="")
     device_type = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
-    kw = dict(max_epochs=epochs, accelerator=accelerator, devices=1 if accelerator != "auto" or device_type == "cpu"
+    # fractional epochs (an equal-time baseline): the last epoch stops after its share of the steps
+    steps = -1 if float(epochs).is_integer() else max(1, round(epochs * len(train_loader)))
+    kw = dict(max_epochs=math.ceil(epochs), max_steps=steps, accelerator=accelerator, devices=1 if accelerator != "auto" or device_type == "cpu"
               else "auto", precision=precision or _precision(device_type), logger=logger,
               enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
               num_sanity_val_steps=0, log_every_n_steps=max(1, min(10, len(train_loader))),
@@ -175,7 +178,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         t1 = time.time()
         metrics = trainer.validate(module, test_loader, verbose=False)[0]
     hist = module.loss_history
-    steps_per_epoch = max(1, len(hist) // epochs)
+    steps_per_epoch = max(1, len(train_loader))
     results = {
         "acc": float(metrics["val/acc"]), "test_loss": float(metrics["val/loss"]),
         "train_loss_first_epoch": float(sum(hist[:steps_per_epoch]) / max(1, len(hist[:steps_per_epoch]))),
