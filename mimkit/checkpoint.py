@@ -12,6 +12,7 @@ refused with :class:`UntrustedCheckpointError` unless the caller opts in (``trus
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import contextvars
 import json
@@ -37,6 +38,56 @@ WEIGHTS = "model.safetensors"
 SAFE_GLOBALS: tuple[type, ...] = (
     argparse.Namespace,  # official MAE training checkpoints (checkpoint-N.pth) keep the run's options in "args"
 )
+
+
+class YacsCfgNode:
+    """Stand-in for ``yacs.config.CfgNode`` (a ``dict`` subclass with a few bookkeeping attributes), the
+    ``config`` that microsoft/SimMIM's training checkpoints hold: each node is unpickled as a plain
+    ``OrderedDict`` (its bookkeeping attributes land in that dict's ``__dict__``); nothing of yacs is
+    imported or run."""
+
+    def __new__(cls, *args, **kwargs):
+        return collections.OrderedDict()
+
+
+def _numpy_scalar_globals() -> tuple:
+    """numpy scalars (``np.float64(0.5)``: ``numpy.core.multiarray.scalar`` and its dtype), which fairseq
+    training checkpoints hold in their logged meters; not numpy arrays."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    dtypes = tuple(type(np.dtype(t)) for t in ("float64", "float32", "int64"))
+    return ((scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype) + dtypes
+
+
+# What each official format's files hold beyond torch's set (``mimkit import --from official``); a file
+# is read with its own format's entries only (all of them when the format is guessed from the keys):
+OFFICIAL_GLOBALS = {
+    "mae": (argparse.Namespace,),  # facebookresearch/mae checkpoint-N.pth: "args"
+    "beit": (argparse.Namespace,),  # microsoft/unilm beit checkpoint-N.pth: "args"
+    "simmim": ((YacsCfgNode, "yacs.config.CfgNode"),),  # microsoft/SimMIM ckpt_epoch_N.pth: "config"
+    "ijepa": (),  # facebookresearch/ijepa .pth.tar: state dicts, numbers and strings only
+    "data2vec2": (argparse.Namespace, _numpy_scalar_globals),  # fairseq: legacy "args", numpy meters
+}
+
+
+def official_globals(method: str | None = None) -> tuple:
+    """The allowlist entries for one official format (None: every format's)."""
+    if method is not None and method not in OFFICIAL_GLOBALS:
+        raise ValueError(f"unknown official format {method!r}; one of {', '.join(OFFICIAL_GLOBALS)}")
+    out = []
+    for name in [method] if method else list(OFFICIAL_GLOBALS):
+        for g in OFFICIAL_GLOBALS[name]:
+            items = g() if callable(g) and not isinstance(g, type) else (g,)
+            out += [i for i in items if i not in out]
+    return tuple(out)
+
+
+def _global_name(g) -> str:
+    return g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
 TRUST_HINT = "If you trust this file, pass --trust-checkpoint (trust_checkpoint=True in Python)."
 
 _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("mimkit_trust_checkpoint", default=False)
@@ -181,9 +232,10 @@ def check_training_checkpoint(ckpt, path, resume: bool = True) -> dict:
     return ckpt
 
 
-def read_torch_checkpoint(path, mmap: bool = False, trust_checkpoint: bool = False):
-    """``torch.load`` on CPU with ``weights_only=True`` and :data:`SAFE_GLOBALS`; clear errors for
-    damaged files and :class:`UntrustedCheckpointError` for files that need more. ``trust_checkpoint``
+def read_torch_checkpoint(path, mmap: bool = False, trust_checkpoint: bool = False, extra_globals=()):
+    """``torch.load`` on CPU with ``weights_only=True`` and :data:`SAFE_GLOBALS` (+ ``extra_globals``,
+    e.g. :func:`official_globals` of a format); clear errors for damaged files and
+    :class:`UntrustedCheckpointError` for files that need more. ``trust_checkpoint``
     (or :func:`trusted_checkpoints`) unpickles fully instead. ``mmap`` maps tensors lazily (a cheap
     look at a large checkpoint; ignored for legacy, non-zip files, which torch cannot map)."""
     import zipfile
@@ -192,10 +244,10 @@ def read_torch_checkpoint(path, mmap: bool = False, trust_checkpoint: bool = Fal
     trusted = is_trusted(trust_checkpoint)
     mmap = mmap and path.is_file() and zipfile.is_zipfile(path)
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS) + list(extra_globals)):
             return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as e:  # weights_only refused something, or the bytes are no pickle
-        names = [] if trusted else unsafe_globals(path, str(e))
+        names = [] if trusted else unsafe_globals(path, str(e), extra_globals)
         if names:
             raise UntrustedCheckpointError(path, names) from None
         error = e
@@ -215,7 +267,7 @@ def _first_line(error: Exception) -> str:
     return " ".join(text.split())[:200]
 
 
-def unsafe_globals(path, error_text: str = "") -> list[str]:
+def unsafe_globals(path, error_text: str = "", extra_globals=()) -> list[str]:
     """Classes/functions a pickled checkpoint would import beyond the safe set: the one torch's
     weights-only error names and those found by reading the pickle's opcodes (nothing is executed).
     Empty when the file is no pickle at all (damaged or foreign bytes)."""
@@ -230,7 +282,7 @@ def unsafe_globals(path, error_text: str = "") -> list[str]:
         allowed = set(_get_allowed_globals())
     except ImportError:  # a torch without this table: name everything outside torch
         allowed = {n for n in names if n.startswith("torch.")}
-    allowed |= {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    allowed |= {_global_name(c) for c in (*SAFE_GLOBALS, *extra_globals)}
     names = {"builtins." + n.removeprefix("__builtin__.") if n.startswith("__builtin__.") else n for n in names}
     unsafe = {n.removeprefix("builtins.") for n in names if n not in allowed}
     return sorted(unsafe | found)

@@ -1,23 +1,27 @@
-"""``mimkit export``: a mimkit checkpoint -> transformers directory, timm directory or mimkit safetensors."""
+"""``mimkit export``: a mimkit checkpoint -> transformers directory, timm directory, mimkit safetensors or the
+method's official checkpoint layout."""
 from __future__ import annotations
 
 from mimkit.commands import add_trust_flag
 
-FORMATS = ("hf", "timm", "safetensors")
+FORMATS = ("hf", "timm", "safetensors", "official")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "export", help="write a checkpoint for transformers, timm or as mimkit safetensors",
+        "export", help="write a checkpoint for transformers, timm, the official code or as mimkit safetensors",
         description="Export a mimkit checkpoint. hf: a save_pretrained() directory (loads with "
                     "<Class>.from_pretrained(DIR)); timm: DIR/model.safetensors + DIR/config.json with the "
                     "architecture and kwargs for timm.create_model(arch, num_classes=0, **kwargs) "
                     "(strict load, or pretrained_cfg_overlay=dict(file=DIR/model.safetensors)); "
-                    "safetensors: mimkit's own format (mimkit.load(DIR)).")
+                    "safetensors: mimkit's own format (mimkit.load(DIR)); official: the file the method's "
+                    "official code saves and loads (MAE, BEiT, SimMIM ViT/Swin, I-JEPA, data2vec 2.0), --out "
+                    "FILE.pth (or a directory: DIR/checkpoint.pth), with any tensors an official import kept "
+                    "beside the model put back.")
     p.add_argument("--checkpoint", required=True,
                    help="mimkit run directory, model directory, .safetensors file or Lightning .ckpt")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (official: a .pth file or a directory)")
     p.add_argument("--img-size", type=int, nargs="+", metavar="PX",
                    help="export for another input resolution: H or H W (position embeddings are "
                         "recomputed / interpolated)")
@@ -51,6 +55,12 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         hf.save_pretrained(out)
         print(f"wrote {out} ({type(hf).__name__}.from_pretrained({str(out)!r}))")
+    elif args.format == "official":
+        from mimkit.interop.official import load_extras, save_official
+
+        path = out if out.suffix in (".pth", ".pt", ".tar") else out / "checkpoint.pth"
+        save_official(model, path, extras=load_extras(args.checkpoint) if img_size_arg(args.img_size) is None else None)
+        print(f"wrote {path} (the official {model.method} layout; read it with the official code's torch.load)")
     else:
         import json
 

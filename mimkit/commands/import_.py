@@ -1,4 +1,5 @@
-"""``mimkit import``: transformers / official MAE / timm checkpoints -> mimkit's format."""
+"""``mimkit import``: transformers / official (MAE, BEiT, SimMIM, I-JEPA, data2vec 2.0) / timm checkpoints
+-> mimkit's format."""
 from __future__ import annotations
 
 import json
@@ -10,16 +11,21 @@ SOURCES = ("hf", "official", "timm")
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "import", help="convert a transformers, official MAE or timm checkpoint to mimkit's format",
+        "import", help="convert a transformers, official (MAE, BEiT, SimMIM, I-JEPA, data2vec 2.0) or timm "
+                       "checkpoint to mimkit's format",
         description="Convert a checkpoint to mimkit's format (model.safetensors + config.json). "
-                    "--from hf DIR: a transformers save_pretrained() directory; --from official FILE: the "
-                    "official MAE .pth layout ({'model': state_dict} with timm key names); --from timm DIR: "
-                    "a directory written by `mimkit export --format timm`.")
+                    "--from hf DIR: a transformers save_pretrained() directory; --from official FILE: a file of "
+                    "the methods' official code (facebookresearch/mae, microsoft/unilm beit, microsoft/SimMIM, "
+                    "facebookresearch/ijepa, fairseq data2vec 2.0), the method guessed from its keys or given "
+                    "with --method; --from timm DIR: a directory written by `mimkit export --format timm`.")
     p.add_argument("--from", dest="source", nargs=2, required=True, metavar=("FORMAT", "PATH"),
                    help=f"FORMAT is one of {', '.join(SOURCES)}")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--method", help="timm only: mimkit method to wrap the encoder in (default: from the "
+    p.add_argument("--method", help="official: the format (mae, beit, simmim, ijepa, data2vec2; default: guessed "
+                                    "from the keys); timm: mimkit method to wrap the encoder in (default: from the "
                                     "export's config, else mae for ViT, beit for BEiT, simmim for Swin)")
+    p.add_argument("--part", help="official only: which state dict to take (model_ema for MAE/BEiT EMA weights, "
+                                  "target_encoder for I-JEPA's EMA encoder, ema for data2vec 2.0's teacher)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="official/timm: builder argument (e.g. num_heads=16, norm_pix_loss=true); repeatable")
     p.add_argument("--img-size", type=int, nargs="+", metavar="PX",
@@ -55,24 +61,36 @@ def run(args) -> int:
     if not Path(src).exists():
         raise FileNotFoundError(f"no {fmt} checkpoint at {src}")
     overrides = parse_overrides(args.overrides)
+    if args.part and fmt != "official":
+        raise ValueError("--part is only used with --from official")
     if fmt == "hf":
         if overrides:
             raise ValueError("--set is not used with --from hf (the transformers config defines the model)")
         from mimkit.interop.hf import from_hf
 
         model = from_hf(src)
-    elif fmt == "official":
-        from mimkit.interop.official import load_official_mae
+    size = img_size_arg(args.img_size)
+    extras = {}
+    if fmt == "official":
+        from mimkit.interop.official import load_official
 
-        model = load_official_mae(src, **overrides)
-    else:
+        model, extras = load_official(src, method=args.method, part=args.part, img_size=size, return_extras=True,
+                                      **overrides)
+    elif fmt == "timm":
         from mimkit.interop.timm import import_timm_dir
 
         model = import_timm_dir(src, method=args.method, **overrides)
-    size = img_size_arg(args.img_size)
-    if size is not None:
+    if size is not None and fmt != "official":  # official imports resize as the reference does
         model = build_and_load(model_config(model), model.state_dict(), src, size)
     out = mimkit.save(model, Path(args.out))
+    from mimkit.interop.official import EXTRAS, save_extras
+
+    if (out / EXTRAS).exists():
+        (out / EXTRAS).unlink()  # a previous import's
+    if extras:
+        save_extras(extras, out / EXTRAS)
+        print(f"kept {len(extras)} tensors the model has no place for ({', '.join(sorted(extras)[:3])}"
+              f"{', ...' if len(extras) > 3 else ''}) in {out / EXTRAS}; `mimkit export --format official` puts them back")
     cfg = model_config(model)
     print(f"wrote {out}/model.safetensors + config.json ({cfg.get('recipe') or cfg.get('builder')}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters)")

@@ -17,7 +17,6 @@ state dict: standard widths use the official counts, others ``width // 64``; ove
 from __future__ import annotations
 
 import math
-import os
 import re
 import warnings
 
@@ -27,35 +26,18 @@ _HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official encoder head 
 _DEC_HEADS = {512: 16}
 
 
-def _read(path_or_sd, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    if isinstance(path_or_sd, dict):
-        obj = path_or_sd
-    else:
-        path = os.fspath(path_or_sd)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        if path.endswith(".safetensors"):
-            from ..checkpoint import read_safetensors
+def _read(path_or_sd, trust_checkpoint: bool = False, part: str | None = None) -> dict[str, torch.Tensor]:
+    from .common import read_official, tensors
 
-            obj = read_safetensors(path)
-        else:  # weights_only; training checkpoints' argparse options are on mimkit's allowlist
-            from ..checkpoint import read_torch_checkpoint
-
-            obj = read_torch_checkpoint(path, trust_checkpoint=trust_checkpoint)
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a dict checkpoint ({{'model': state_dict}}), got {type(obj).__name__}")
-    for key in ("model", "state_dict", "model_ema"):
+    obj = read_official(path_or_sd, "mae", trust_checkpoint)
+    keys = (part,) if part else ("model", "state_dict", "model_ema")
+    if part and not isinstance(obj.get(part), dict):
+        raise ValueError(f"the checkpoint has no {part!r} state dict (it holds {sorted(map(str, obj))[:6]})")
+    for key in keys:
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    sd = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        for prefix in ("module.", "model."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        sd[k] = v
+    sd = tensors(obj, strip=("module.", "model."))
     if "patch_embed.proj.weight" not in sd:
         sample = sorted(sd)[:6]
         raise ValueError(
@@ -108,7 +90,7 @@ def infer_mae_kwargs(sd: dict[str, torch.Tensor]) -> dict:
 
 
 def load_official_mae(path_or_state_dict, return_extras: bool = False, trust_checkpoint: bool = False,
-                      **recipe_overrides):
+                      part: str | None = None, **recipe_overrides):
     """Load an official MAE checkpoint (path to ``.pth``/``.safetensors`` or a state dict) as a mimkit
     ``MAE``. ``recipe_overrides`` set or replace builder arguments (``num_heads``, ``norm_pix_loss``,
     ``mask_ratio``, ``img_size`` (learned/sin-cos position embeddings are resized), ...).
@@ -124,7 +106,7 @@ def load_official_mae(path_or_state_dict, return_extras: bool = False, trust_che
     from ..registry import create
     from .keymap import load_exact
 
-    sd = _read(path_or_state_dict, trust_checkpoint)
+    sd = _read(path_or_state_dict, trust_checkpoint, part)
     kw = infer_mae_kwargs(sd)
     has_decoder = "decoder_embed.weight" in sd
     kw.update(recipe_overrides)
@@ -176,3 +158,21 @@ def official_mae_state_dict(model, encoder_only: bool = False) -> dict[str, torc
         elif k.startswith("decoder.") and not encoder_only:
             out[k[len("decoder."):]] = v
     return {k: v.detach().clone() for k, v in out.items()}
+
+
+def load(obj, part=None, img_size=None, overrides=None):
+    """:func:`load_official_mae` for :func:`mimkit.interop.official.load_official`: (model, extras)."""
+    kw = dict(overrides or {})
+    if img_size is not None:
+        kw["img_size"] = img_size
+    return load_official_mae(obj, return_extras=True, part=part, **kw)
+
+
+def export(model, extras=None) -> dict:
+    """``{"model": state_dict}`` as the official code saves it; a fine-tuned file's ``fc_norm``/``head``
+    (``extras``) come back in place of ``norm``."""
+    sd = official_mae_state_dict(model, encoder_only=bool(extras and "fc_norm.weight" in extras))
+    if extras and "fc_norm.weight" in extras:
+        sd.pop("norm.weight"), sd.pop("norm.bias")
+    sd.update({k: v.clone() for k, v in (extras or {}).items()})
+    return {"model": sd}
