@@ -4,7 +4,8 @@ scarce labels, on a small budget?
 One command, one run, the real split (60k training images, all used unlabelled for pretraining;
 10k test images for every number):
 
-* **raw pixels**: logistic regression (scikit-learn, pixels in [0, 1]) and 20-NN (cosine);
+* **raw pixels**: the images as the encoder receives them (normalised), flattened: logistic regression
+  (scikit-learn) and 20-NN (cosine);
 * **random init**: the same ViT untrained, 20-NN and linear probe;
 * **the best recipe** (``--recipe``, default the tuned CPU recipe), pretrained here (or ``--checkpoint``):
   20-NN, linear probe (BatchNorm(affine=False) + Linear on cached features) and fine-tuning;
@@ -24,7 +25,9 @@ own training step, so every method's learning-rate schedule runs to its end.
 
 Writes ``--out`` (JSON: ``raw_pixels``, ``random_init``, ``methods.<recipe>``, ``best``, ``scratch``,
 ``low_label.<N>``, ``wall_minutes``), ``results.md`` beside it (the table, also printed) and the
-pictures. Usage::
+pictures. The frozen protocols (raw pixels, random init, the encoder's 20-NN and linear probe, with all
+and scarce labels) are those of ``mimkit report`` (:mod:`mimkit.eval.report`): on the same inputs both
+print the same numbers. Usage::
 
     python benchmarks/fmnist_quality.py --out results/fmnist_quality.json
     python benchmarks/fmnist_quality.py --all-methods --minutes-per-method 10 --out results/methods/fmnist_quality.json
@@ -71,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--low-label-steps", type=int, default=400,
                    help="optimiser steps of each scarce-label fine-tune (batch 64; default 400)")
     p.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs on cached features")
+    p.add_argument("--low-labels", type=int, nargs="*", default=list(LOW_LABELS),
+                   help=f"scarce-label budgets, labels per class (default {' '.join(map(str, LOW_LABELS))})")
     p.add_argument("--pool", default="mean", choices=("cls", "mean"), help="frozen feature (both are recorded)")
     p.add_argument("--all-methods", action="store_true", help="pretrain every method for --minutes-per-method")
     p.add_argument("--minutes-per-method", type=float, default=10.0)
@@ -118,15 +123,15 @@ class Clock:
         return _T()
 
 
-# ---- data and protocols ---------------------------------------------------------------------------
+# ---- data and protocols: mimkit.eval.report's ------------------------------------------------------
 def datasets(model, args):
     from mimkit.eval.data import eval_dataset
+    from mimkit.eval.report import load_report_data
 
-    train, _ = eval_dataset("fashion_mnist", "train", model, limit=args.limit)
-    test, _ = eval_dataset("fashion_mnist", "test", model, limit=args.test_limit)
+    rd = load_report_data("fashion_mnist", model, limit=args.limit, test_limit=args.test_limit, progress=False)
     train_aug, _ = eval_dataset("fashion_mnist", "train", model, train_aug=True, limit=args.limit,
                                 crop_scale=tuple(args.finetune_crop_scale))
-    return train, test, train_aug
+    return rd.train, rd.test, train_aug
 
 
 def features(model, train, test, args):
@@ -139,52 +144,29 @@ def features(model, train, test, args):
 
 
 def frozen(ftr, ytr, fte, yte, args, idx=None) -> dict:
-    """20-NN and linear probe per pool, on all training features or the rows ``idx``."""
-    from mimkit.eval.knn import knn_accuracy
-    from mimkit.eval.linear import fit_linear_probe
+    """20-NN and linear probe per pool, on all training features or the rows ``idx``
+    (:func:`mimkit.eval.report.frozen_protocols`, as ``mimkit report``)."""
+    from mimkit.eval.report import frozen_protocols
 
-    out = {}
-    for pool in ftr:
-        x, y = (ftr[pool], ytr) if idx is None else (ftr[pool][idx], ytr[idx])
-        k = min(20, len(x))
-        r = {"knn": knn_accuracy(x, y, fte[pool], yte, k=k, num_classes=10)}
-        _, info = fit_linear_probe(x, y, fte[pool], yte, num_classes=10, epochs=args.probe_epochs if idx is None
-                                   else max(args.probe_epochs, 200), seed=args.seed, progress=False)
-        r["linear"] = info["acc"]
-        out[pool] = r
-    return out
+    res = frozen_protocols(ftr, ytr, fte, yte, 10, None if idx is None else {0: idx}, probe_epochs=args.probe_epochs,
+                           seed=args.seed, all_labels=idx is None)
+    return {pool: r[None if idx is None else 0] for pool, r in res.items()}
 
 
 def pick(res: dict, pool: str) -> dict:
     return res.get(pool) or res["mean"]
 
 
-def raw_pixels(args, idx_by_n) -> dict:
-    import warnings
+def raw_pixels(args, idx_by_n, model) -> dict:
+    """Raw pixels as ``model`` receives them (:func:`mimkit.eval.report.raw_pixel_protocols`)."""
+    from mimkit.eval.report import pixel_features, raw_pixel_protocols
 
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    from mimkit.data import load_fashion_mnist
-    from mimkit.eval.knn import knn_accuracy
-
-    xtr, ytr = load_fashion_mnist("train")
-    xte, yte = load_fashion_mnist("test")
-    xtr, ytr = xtr[: args.limit or None], ytr[: args.limit or None]
-    xte, yte = xte[: args.test_limit or None], yte[: args.test_limit or None]
-    ftr, fte = xtr.flatten(1).float() / 255, xte.flatten(1).float() / 255
-
-    def both(x, y):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = LogisticRegression(max_iter=100).fit(x.numpy(), y.numpy())
-        return {"knn": knn_accuracy(x, y, fte, yte, k=min(20, len(x)), num_classes=10),
-                "logreg": float(np.mean(clf.predict(fte.numpy()) == yte.numpy()))}
-
-    out = both(ftr, ytr)
-    out["low_label"] = {str(n): both(ftr[idx], ytr[idx]) for n, idx in idx_by_n.items()}
-    out["settings"] = "scikit-learn LogisticRegression(lbfgs, C=1, max_iter=100) on pixels / 255; 20-NN cosine"
+    train, test, _ = datasets(model, args)
+    (xtr, ytr), (xte, yte) = pixel_features(train), pixel_features(test)
+    r = raw_pixel_protocols(xtr, ytr, xte, yte, 10, idx_by_n, seed=args.seed, probe_epochs=args.probe_epochs)
+    out = {"knn": r[None]["knn"], "logreg": r[None]["linear"],
+           "low_label": {str(n): {"knn": r[n]["knn"], "logreg": r[n]["linear"]} for n in idx_by_n}}
+    out["settings"] = f"{r['linear_method']} and 20-NN cosine, on the normalised pixels the encoder receives"
     return out
 
 
@@ -278,14 +260,14 @@ def curve(run_dir, seconds_per_step, init_model, args) -> list[dict]:
     return pts
 
 
-def raw_curve_knn(args) -> float:
-    from mimkit.data import load_fashion_mnist
+def raw_curve_knn(args, model) -> float:
     from mimkit.eval.knn import knn_accuracy
+    from mimkit.eval.report import pixel_features
 
-    xtr, ytr = load_fashion_mnist("train")
-    xte, yte = load_fashion_mnist("test")
-    n, t = min(args.curve_train, args.limit or 10**9), min(args.curve_test, args.test_limit or 10**9)
-    return knn_accuracy(xtr[:n].flatten(1).float(), ytr[:n], xte[:t].flatten(1).float(), yte[:t], num_classes=10)
+    train, test, _ = datasets(model, args)
+    (xtr, ytr), (xte, yte) = pixel_features(train), pixel_features(test)
+    n, t = min(args.curve_train, len(xtr)), min(args.curve_test, len(xte))
+    return knn_accuracy(xtr[:n], ytr[:n], xte[:t], yte[:t], num_classes=10)
 
 
 def plot_quality_vs_time(lines: dict, raw: float, path: Path, subtitle: str) -> Path:
@@ -304,13 +286,20 @@ def run_best(args, results, clock, out_dir, work):
     import mimkit
     from mimkit.eval.data import balanced_indices, dataset_labels
 
+    from mimkit.eval.report import random_init_like
+
     torch.manual_seed(args.seed)
-    init = mimkit.create(args.recipe)
+    given = None
+    if args.checkpoint:
+        given = mimkit.load(Path(args.checkpoint) / "model" if (Path(args.checkpoint) / "model").is_dir()
+                            else args.checkpoint)
+    # the random init of the recipe (or of the given checkpoint's config), as `mimkit report` builds it
+    init = random_init_like(given if given is not None else mimkit.create(args.recipe), args.seed)
     train, test, train_aug = datasets(init, args)
     labels = dataset_labels(train)
-    idx_by_n = {n: balanced_indices(labels, n, args.seed) for n in LOW_LABELS if n * 10 <= len(labels)}
+    idx_by_n = {n: balanced_indices(labels, n, args.seed) for n in args.low_labels if n * 10 <= len(labels)}
     with clock("raw pixels: 20-NN + logistic regression (all labels, 60 and 600 per class)"):
-        results["raw_pixels"] = raw_pixels(args, idx_by_n)
+        results["raw_pixels"] = raw_pixels(args, idx_by_n, init)
         print(f"   20-NN {results['raw_pixels']['knn']:.4f}, logreg {results['raw_pixels']['logreg']:.4f}")
     with clock("random-init encoder: 20-NN + linear probe"):
         r = frozen(*features(init, train, test, args), args)
@@ -319,8 +308,7 @@ def run_best(args, results, clock, out_dir, work):
 
     run_dir = work / "pretrain"
     if args.checkpoint:
-        model = mimkit.load(Path(args.checkpoint) / "model" if (Path(args.checkpoint) / "model").is_dir()
-                            else args.checkpoint)
+        model = given
         pre_s = 60 * (args.pretrain_minutes or 0)
         run_dir = Path(args.checkpoint) if (Path(args.checkpoint) / "checkpoints").is_dir() else None
     else:
@@ -378,7 +366,7 @@ def run_best(args, results, clock, out_dir, work):
             steps = max(s for s, _ in checkpoints(run_dir))
             pts = curve(run_dir, pre_s / max(1, steps), init, args)
             entry["curve"] = pts
-            raw = raw_curve_knn(args)
+            raw = raw_curve_knn(args, init)
             results["pictures"] = {"quality_vs_time": str(plot_quality_vs_time(
                 {args.recipe: pts}, raw, out_dir / "quality_vs_time.png",
                 f"{args.curve_train} train / {args.curve_test} test images; {args.recipe}"))}
@@ -428,10 +416,10 @@ def run_all(args, results, clock, out_dir, work):
             lines[recipe.split("_vit")[0]] = pts
         save(results, args)
     if "raw_pixels" not in results:
-        results["raw_pixels"] = raw_pixels(args, {})
+        results["raw_pixels"] = raw_pixels(args, {}, model)
     if lines:
         results["pictures"] = {"quality_vs_time": str(plot_quality_vs_time(
-            lines, raw_curve_knn(args), out_dir / "quality_vs_time.png",
+            lines, raw_curve_knn(args, model), out_dir / "quality_vs_time.png",
             f"{args.minutes_per_method:g} min per method; 20-NN on {args.curve_train} train / {args.curve_test} test images"))}
 
 

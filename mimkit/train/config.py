@@ -73,6 +73,7 @@ DEFAULTS: dict = {
         "recon_every_n_epochs": 1,
         "recon_images": 8,
         "checkpoint_monitor": "step",  # which periodic checkpoints to keep: the newest (step) or best (val/loss)
+        "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit report` of the model into <run>/report
     },
 }
 
@@ -209,7 +210,20 @@ def validate(cfg: dict) -> dict:
     if d["name"] == "image_folder" and not d.get("root"):
         raise ValueError("data.name=image_folder needs data.root=<folder of images>")
     _validate_sources(cfg)
+    _validate_report(cfg)
     return cfg
+
+
+def _validate_report(cfg: dict) -> None:
+    """``run.report``: fashion_mnist or an existing folder, checked before training, not after it."""
+    rep = cfg["run"].get("report")
+    if rep in (None, "", False):
+        return
+    from pathlib import Path
+
+    if not isinstance(rep, str) or not (rep in ("fashion_mnist", "fmnist", "fashion-mnist") or Path(rep).is_dir()):
+        raise ValueError(f"run.report must be fashion_mnist or a labelled image folder (DIR/train/<class>/*, "
+                         f"DIR/test/<class>/*, or DIR/<class>/*), got {rep!r}, which is not a directory")
 
 
 def _validate_sources(cfg: dict) -> None:

@@ -416,4 +416,8 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     if trainer.is_global_zero:
         print(f"mimkit: finished; run directory {run_dir} (model/, checkpoints/, reconstructions/, loss_curve.png, "
               f"logs/metrics.csv, tensorboard/)", flush=True)
+        if cfg["run"].get("report"):  # `mimkit report` of the trained encoder into <run>/report (rank 0 only)
+            from ..eval.report import report_after_training
+
+            report_after_training(run_dir, cfg)
     return run_dir
