@@ -8,7 +8,9 @@ one after another in fresh processes; ``--repeats`` alternates the order and rep
 Levers measured (``--variants``):
 
 * ``fp32``: eager float32, the baseline;
-* ``compile``: ``trainer.compile=true`` (``torch.compile`` of the training forward);
+* ``compile``: ``trainer.compile=true`` (``torch.compile`` of the training forward, short-sequence
+  attention written out on the CPU: ``mimkit.train.speed``);
+* ``fused`` / ``compile_fused``: the same with the fused AdamW kernel (``optim.fused=true``);
 * ``bf16``: ``trainer.precision=bf16-mixed`` (bf16 autocast on CPU; fast only with AVX512-BF16/AMX);
 * ``masks1`` (data2vec 2.0 only): one mask per teacher pass instead of the recipe's ``num_masks``, at the
   same number of masked student views per step (the batch scaled up): what sharing one teacher pass
@@ -51,9 +53,13 @@ print("RESULT", json.dumps({"images_per_s": tp.images_per_s}))
 
 def variant_overrides(name: str, recipe: str) -> list[str] | None:
     if name == "fp32":
-        return []
+        return ["trainer.compile=false"]
     if name == "compile":
         return ["trainer.compile=true"]
+    if name == "fused":
+        return ["trainer.compile=false", "optim.fused=true"]
+    if name == "compile_fused":
+        return ["trainer.compile=true", "optim.fused=true"]
     if name == "bf16":
         return ["trainer.precision=bf16-mixed"]
     if name == "masks1":

@@ -4,6 +4,7 @@ datasets (``mimkit.hf_dataset``), held-out validation sets, and the MAE augmenta
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import warnings
 from pathlib import Path
@@ -105,21 +106,158 @@ def load_fashion_mnist(split: str = "train", root=None, download: bool = True):
 
 
 class TensorImages(Dataset):
-    """In-memory uint8 images (N, H, W) or (N, C, H, W) with labels, passed through ``transform``."""
+    """In-memory images (N, H, W) or (N, C, H, W) (uint8, or float already transformed) with labels.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+    ``transform`` is applied item by item; ``batch_transform`` (e.g. :class:`BatchAugment`) instead
+    transforms whole batches as tensor ops, ``batch_transform(images[idx], seeds)``, with one seed per
+    item. :meth:`get_batch` returns a whole batch at once (one gather, no Python call per image);
+    mimkit's loaders use it (:class:`~mimkit.train.loader.SeededSamples`, :class:`BatchedSamples`)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, batch_transform=None):
         if images.ndim == 3:
             images = images.unsqueeze(1)
-        self.images, self.labels, self.transform = images, labels, transform
+        if transform is not None and batch_transform is not None:
+            raise ValueError("give TensorImages a transform or a batch_transform, not both")
+        self.images, self.labels = images, labels
+        self.transform, self.batch_transform = transform, batch_transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
+        if self.batch_transform is not None:
+            x, y = self.get_batch([i])
+            return x[0], y[0]
         x = self.images[i]
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[i]
+
+    def get_batch(self, indices, seeds=None) -> "PreCollated":
+        """(images, labels) of ``indices`` as two batched tensors. ``seeds`` (one per item) drive the
+        random transform; when None they are drawn from torch's global generator."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x, y = self.images[idx], self.labels[idx]
+        if self.batch_transform is not None:
+            if seeds is None:
+                seeds = torch.randint(0, 2**62, (len(idx),))
+            x = self.batch_transform(x, seeds)
+        elif self.transform is not None:
+            x = torch.stack([self.transform(xi) for xi in x])
+        return PreCollated((x, y))
+
+    def subset(self, rows) -> "TensorImages":
+        """The same dataset restricted to ``rows`` (a view-free gather, keeps the batch path)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return TensorImages(self.images[idx], self.labels[idx], self.transform, self.batch_transform)
+
+
+class PreCollated(tuple):
+    """A batch that a dataset's ``get_batch`` already assembled; :func:`collate` passes it through."""
+
+
+def collate(batch, inner=None):
+    """``collate_fn`` of mimkit's loaders: a :class:`PreCollated` batch as it is, else ``inner``
+    (default: torch's ``default_collate``) on the list of items."""
+    if isinstance(batch, PreCollated):
+        return tuple(batch)
+    from torch.utils.data import default_collate
+
+    return (inner or default_collate)(batch)
+
+
+class BatchedSamples(Dataset):
+    """Wraps a dataset with ``get_batch`` so that a plain ``DataLoader(..., collate_fn=collate)``
+    fetches each batch with one call (torch's ``__getitems__`` protocol); item access passes through."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+    def __getitems__(self, indices):
+        return self.dataset.get_batch(indices)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def seeded_uniforms(seeds, n: int) -> torch.Tensor:
+    """(N, n) float64 uniforms in [0, 1): column k of row i is a pure function of (seeds[i], k)
+    (splitmix64), so each item's random draws do not depend on the batch it is in, the process or
+    the worker: exact resume and any world size give the same augmentation."""
+    s = np.asarray(torch.as_tensor(seeds, dtype=torch.int64).numpy(), dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        z = s[:, None] * np.uint64(0xD1B54A32D192ED03) + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)[None]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+def random_resized_crop_boxes(u: torch.Tensor, h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
+                              tries: int = 10) -> torch.Tensor:
+    """torchvision's ``RandomResizedCrop.get_params`` for a batch, from uniforms ``u`` (N, 4 * tries):
+    up to ``tries`` (area, log-aspect) draws, the first box that fits is taken, else the centre crop
+    clamped to ``ratio``. Returns (N, 4) float64 boxes (top, left, height, width)."""
+    n = u.shape[0]
+    u = u[:, : 4 * tries].reshape(n, tries, 4)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lr0 + (lr1 - lr0) * u[..., 1])
+    cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    top = torch.floor(u[..., 2] * (h - ch + 1)).clamp(min=0)
+    left = torch.floor(u[..., 3] * (w - cw + 1)).clamp(min=0)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    pick = first.clamp(min=0)[:, None]
+    box = torch.stack([top.gather(1, pick), left.gather(1, pick), ch.gather(1, pick), cw.gather(1, pick)], -1)[:, 0]
+    in_ratio = w / h  # the fallback: the whole image, clamped to the aspect range, centred
+    if in_ratio < ratio[0]:
+        fw, fh = w, round(w / ratio[0])
+    elif in_ratio > ratio[1]:
+        fh, fw = h, round(h * ratio[1])
+    else:
+        fw, fh = w, h
+    fallback = torch.tensor([(h - fh) // 2, (w - fw) // 2, fh, fw], dtype=box.dtype)
+    return torch.where((first < 0)[:, None], fallback, box)
+
+
+class BatchAugment:
+    """MAE's augmentation (RandomResizedCrop, bicubic, + horizontal flip + normalise) on a whole batch
+    of uint8 images (N, C, H, W) as tensor ops: the crop boxes are drawn as torchvision draws them,
+    from per-item seeds (:func:`seeded_uniforms`), and every crop is resampled by one bicubic
+    ``grid_sample`` (border pixels replicated, values clamped to [0, 255], as the uint8 path does).
+    Crops are enlarged or kept (Fashion-MNIST's 28 px crops into 28 or 32 px); a crop much larger
+    than the output would alias, so such datasets are first resized (``TensorImages`` is for
+    in-memory datasets at about the training resolution)."""
+
+    def __init__(self, img_size: int, mean, std, crop_scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True):
+        self.size = int(img_size)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.scale, self.ratio, self.hflip = tuple(float(s) for s in crop_scale), tuple(ratio), bool(hflip)
+
+    def __call__(self, images: torch.Tensor, seeds) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        n, c, h, w = images.shape
+        u = seeded_uniforms(seeds, 41)
+        top, left, ch, cw = random_resized_crop_boxes(u, h, w, self.scale, self.ratio).unbind(1)
+        sx = cw / w  # output x in [-1, 1] (pixel centres) -> input x, align_corners=False convention
+        if self.hflip:
+            sx = torch.where(u[:, 40] < 0.5, -sx, sx)
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0], theta[:, 0, 2] = sx, (2 * left + cw) / w - 1
+        theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+        x = images.to(torch.float32)
+        grid = F.affine_grid(theta.to(x), [n, c, self.size, self.size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp_(0, 255)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
 def pretrain_transform(img_size: int, mean, std, crop_scale=(0.2, 1.0), hflip: bool = True):
@@ -260,6 +398,9 @@ def build_dataset(cfg: dict, split: str = "train", train_transform: bool = True)
         limit = cfg.get("limit")
         if limit:
             images, labels = images[: int(limit)], labels[: int(limit)]
+        if train_transform and cfg.get("batch_augment", True):  # uint8 in memory, augmented batch-wise
+            return TensorImages(images, labels, batch_transform=BatchAugment(
+                size, mean, std, cfg.get("crop_scale", (0.2, 1.0)), hflip=cfg.get("hflip", True)))
         return TensorImages(images, labels, tf)
     if name == "image_folder":
         root = cfg.get("root") or ""

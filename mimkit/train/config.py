@@ -30,8 +30,9 @@ DEFAULTS: dict = {
         "mean": None,
         "std": None,
         "limit": None,  # use only the first N training images
-        "on_error": "skip",
-        "decode_on_device": False,  # image_folder: decode JPEGs + augment on the training device (GPU)  # unreadable image files: skip (counted warning) | raise
+        "on_error": "skip",  # unreadable image files: skip (counted warning) | raise
+        "decode_on_device": False,  # image_folder: decode JPEGs + augment on the training device (GPU)
+        "batch_augment": True,  # in-memory datasets (fashion_mnist): augment whole batches as tensor ops
     },
     "optim": {
         "lr": None,  # absolute learning rate; when null, lr = blr * effective_batch / lr_batch_base
@@ -41,7 +42,7 @@ DEFAULTS: dict = {
         "weight_decay": 0.05,
         "betas": [0.9, 0.95],
         "warmup_epochs": 1.0,
-        "fused": None,  # fused AdamW: default on CUDA
+        "fused": True,  # fused AdamW kernel (CPU and CUDA); null: CUDA only (runs configured before 0.2)
     },
     "trainer": {
         "max_epochs": 10,
@@ -58,7 +59,7 @@ DEFAULTS: dict = {
         "gradient_clip_val": None,
         "log_every_n_steps": 10,
         "deterministic": False,
-        "compile": False,
+        "compile": "auto",  # torch.compile: true | false | auto (runs of >= 600 optimiser steps; mimkit.train.speed)
         "limit_train_batches": None,
         "enable_progress_bar": True,
         "tune_cpu_malloc": True,  # CPU: let glibc reuse activation memory (mimkit.train.allocator)
@@ -76,6 +77,20 @@ DEFAULTS: dict = {
         "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit report` of the model into <run>/report
     },
 }
+
+
+# Keys added after a run was configured take, when that run is resumed, the value that reproduces
+# what its code did then (its config.yaml lacks them): exact resume across versions.
+LEGACY_DEFAULTS = {("data", "batch_augment"): False}
+
+
+def fill_legacy_defaults(saved: dict, cfg: dict) -> dict:
+    """``cfg`` (a resumed run's config merged over DEFAULTS) with each key in ``LEGACY_DEFAULTS`` that
+    the saved ``config.yaml`` (``saved``) did not hold set to its legacy value."""
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        if key not in (saved.get(section) or {}):
+            cfg[section][key] = value
+    return cfg
 
 
 def _suggest(key: str, options) -> str:
@@ -182,6 +197,9 @@ def validate(cfg: dict) -> dict:
     _num(cfg, "data.limit", int, 1, allow_none=True)
     _num(cfg, "run.keep_periodic", int, -1)
     _num(cfg, "run.checkpoint_every_n_steps", int, 1, allow_none=True)
+    from .speed import should_compile
+
+    should_compile(t.get("compile"), None, "cpu")  # a clear error for a value other than true/false/auto
     _num(cfg, "trainer.max_epochs", int, -1)
     _num(cfg, "trainer.max_steps", int, -1)
     if t["max_epochs"] == -1 and t["max_steps"] == -1:

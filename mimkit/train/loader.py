@@ -56,6 +56,15 @@ class SeededSamples(Dataset):
                 gen.set_state(state)
         return self.dataset[key]
 
+    def __getitems__(self, keys):
+        """A whole batch at once when the dataset assembles batches itself (``get_batch``, e.g. an
+        in-memory ``TensorImages`` with a batch augmentation, seeded per item); else item by item."""
+        get_batch = getattr(self.dataset, "get_batch", None)
+        per_item = getattr(self.dataset, "transform", None) is not None  # seeded item by item, below
+        if get_batch is None or per_item or not all(isinstance(k, tuple) for k in keys):
+            return [self[k] for k in keys]
+        return get_batch([k[0] for k in keys], torch.tensor([k[1] for k in keys], dtype=torch.int64))
+
 
 class ResumableSampler(Sampler):
     """Per-epoch shuffle shared by all ranks, rank ``r`` takes every ``W``-th item; the epoch ends
@@ -108,6 +117,11 @@ class ResumableLoader(DataLoader):
     (``state_dict`` / ``load_state_dict``)."""
 
     def __init__(self, dataset, sampler: ResumableSampler, **kwargs):
+        from functools import partial
+
+        from ..data import collate
+
+        kwargs["collate_fn"] = partial(collate, inner=kwargs.get("collate_fn"))  # batches from get_batch pass as they are
         super().__init__(SeededSamples(dataset), batch_size=sampler.batch_size, sampler=sampler,
                          drop_last=True, **kwargs)
         self._yielded = 0

@@ -124,8 +124,10 @@ class MIMModule(L.LightningModule):
         o = self.optim_cfg
         lr = self.effective_lr()
         fused = o.get("fused")
-        if fused is None:
+        if fused is None:  # runs configured before 0.2: fused on CUDA only
             fused = torch.cuda.is_available() and self.device.type == "cuda"
+        elif fused and self.device.type not in ("cpu", "cuda"):
+            fused = False  # the fused kernel exists for CPU and CUDA parameters
         opt = torch.optim.AdamW(param_groups(self.model, float(o["weight_decay"]), self._no_decay), lr=lr,
                                 betas=tuple(o["betas"]), fused=bool(fused))
         total = max(1, int(self.total_steps_hint or self.trainer.estimated_stepping_batches))
@@ -164,7 +166,7 @@ class MIMModule(L.LightningModule):
         # batch): nothing to save in checkpoints, a resumed run draws exactly what the uninterrupted
         # one drew, and ranks draw different masks. (Augmentations are seeded per sample by the loader.)
         torch.manual_seed(mix_seed(self.seed, self.global_rank, self.current_epoch, batch_idx))
-        out = getattr(self, "_compiled", self.model)(**inputs)
+        out = self._forward(inputs)
         loss = out.loss
         self._step_losses.append(loss.detach())  # checked once per optimiser step, before it
         bs = images.shape[0]
@@ -226,7 +228,7 @@ class MIMModule(L.LightningModule):
         disk stay the last good ones, and training stops with :class:`NonFiniteLossError`.
 
         With a plain optimiser the check reads the losses on the host (one sync per optimiser step).
-        With a fused one (``optim.fused``, the default on CUDA) it costs no sync: the finiteness flag
+        With a fused one (``optim.fused``, the default) it costs no sync: the finiteness flag
         goes to the fused kernel as ``found_inf`` (the step skips itself, as under a GradScaler) and is
         read on the host one step later, before any checkpoint is written and at the end of training."""
         self.raise_if_non_finite()
@@ -297,7 +299,27 @@ class MIMModule(L.LightningModule):
             raise ValueError(f"the checkpoint holds another model than the config ({detail}); resume with the "
                              "run's own config (drop model.* overrides) or start a new run")
 
-    def compile_model(self) -> None:
-        """Use ``torch.compile`` for the training forward (state-dict keys stay unchanged)."""
-        compiled = torch.compile(self.model)
-        object.__setattr__(self, "_compiled", compiled)
+    def compile_model(self, device_type: str | None = None) -> None:
+        """Use ``torch.compile`` for the training forward and its backward (state-dict keys stay
+        unchanged). On the CPU, attention over short sequences (<= ``MATH_ATTENTION_MAX_TOKENS``)
+        is written as matmul + softmax so that inductor fuses it with its neighbours (measured in
+        ``docs/speed.md``); if compiling fails (no C++ compiler, an unsupported op), training goes
+        on eagerly with one warning."""
+        from .speed import compile_for_training
+
+        object.__setattr__(self, "_compiled", compile_for_training(self.model, device_type or self.device.type))
+
+    def _forward(self, inputs: dict):
+        compiled = getattr(self, "_compiled", None)
+        if compiled is None:
+            return self.model(**inputs)
+        state = torch.get_rng_state()
+        try:
+            return compiled(**inputs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, same random draws
+            from .speed import compile_failed
+
+            compile_failed(e)
+            object.__setattr__(self, "_compiled", None)
+            torch.set_rng_state(state)
+            return self.model(**inputs)

@@ -17,6 +17,11 @@ import yaml
 from .config import load_config, model_kwargs, validate
 
 
+def _device_type(trainer) -> str:
+    root = getattr(trainer.strategy, "root_device", None)
+    return root.type if root is not None else "cpu"
+
+
 def _default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
@@ -70,7 +75,13 @@ def config_from_checkpoint(ckpt_path, overrides=None) -> dict:
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} not found: --resume needs a checkpoint inside a mimkit run directory "
                                 "(run_dir/checkpoints/*.ckpt)")
-    cfg = load_config(cfg_file, overrides)
+    from .config import fill_legacy_defaults, parse_overrides
+
+    saved = yaml.safe_load(cfg_file.read_text()) or {}
+    # keys the run did not record keep what its code did (unless overridden now): exact resume
+    given = parse_overrides(overrides)
+    cfg = fill_legacy_defaults({s: {**(saved.get(s) or {}), **(given.get(s) or {})} for s in set(saved) | set(given)},
+                               load_config(cfg_file, overrides))
     cfg["run"]["dir"] = str(run_dir)
     return cfg
 
@@ -388,8 +399,6 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     train_ds, collate_fn = training_data(d, module, seed)
     val_ds = validation_data(d, seed)
     callbacks = run_callbacks(cfg, module.model, run_dir, strategy, callbacks)
-    if cfg["trainer"].get("compile"):
-        module.compile_model()
     try:
         trainer = build_trainer(cfg, run_dir, callbacks, strategy)
     except MisconfigurationException as e:
@@ -406,6 +415,10 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
                         val_ds, d.get("shard_window"))
     module.total_steps_hint = stepping_batches(trainer, len(train_ds), int(d["batch_size"]))
     module.steps_per_epoch_hint = optimizer_steps_per_epoch(trainer, len(train_ds), int(d["batch_size"]))
+    from .speed import should_compile
+
+    if should_compile(cfg["trainer"].get("compile"), module.total_steps_hint, _device_type(trainer)):
+        module.compile_model(_device_type(trainer))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume)
     except MisconfigurationException as e:
