@@ -298,7 +298,7 @@ def run_best(args, results, clock, out_dir, work):
     train, test, train_aug = datasets(init, args)
     labels = dataset_labels(train)
     idx_by_n = {n: balanced_indices(labels, n, args.seed) for n in args.low_labels if n * 10 <= len(labels)}
-    with clock("raw pixels: 20-NN + logistic regression (all labels, 60 and 600 per class)"):
+    with clock(f"raw pixels: 20-NN + logistic regression (all labels, {', '.join(map(str, idx_by_n))} per class)"):
         results["raw_pixels"] = raw_pixels(args, idx_by_n, init)
         print(f"   20-NN {results['raw_pixels']['knn']:.4f}, logreg {results['raw_pixels']['logreg']:.4f}")
     with clock("random-init encoder: 20-NN + linear probe"):

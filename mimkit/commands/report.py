@@ -25,7 +25,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("report", help="does pretraining pay off on my images? encoders vs raw pixels and random init: "
                                       "20-NN, linear probe, scarce labels, fine-tuning; report.md + pictures",
-                       description=__doc__.split("\n\n")[0])
+                       description="Does pretraining pay off on my images? Every encoder beside raw pixels and the "
+                                   "same recipe at random init: 20-NN and the linear probe with all and with scarce "
+                                   "labels, fine-tuning with --finetune-minutes. Writes report.json, report.md, "
+                                   "report.png and neighbours.png to --out.")
     p.add_argument("--checkpoint", action="append", required=True, help=CHECKPOINT_HELP + " (repeat for several)")
     p.add_argument("--name", action="append", help="a name per --checkpoint in the report (default: its directory's)")
     p.add_argument("--data", default="fashion_mnist",

@@ -170,7 +170,7 @@ def load_report_data(data: str, model, *, test_fraction: float = 0.2, seed: int 
                 ds = TensorImages(ready, ds.labels)
             sets.append(ds)
         train, test = sets
-        info = {"source": "fashion_mnist", "layout": "the real Fashion-MNIST split (60k train / 10k test)",
+        info = {"source": "fashion_mnist", "layout": "the real Fashion-MNIST split, 60k train / 10k test",
                 "original_sizes": {"28x28": len(train) + len(test)}, "original_mode": "grayscale",
                 "skipped_unreadable": 0}
     else:
