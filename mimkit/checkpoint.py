@@ -77,7 +77,7 @@ OFFICIAL_GLOBALS = {
 def official_globals(method: str | None = None) -> tuple:
     """The allowlist entries for one official format (None: every format's)."""
     if method is not None and method not in OFFICIAL_GLOBALS:
-        raise ValueError(f"unknown official format {method!r}; one of {', '.join(OFFICIAL_GLOBALS)}")
+        raise ValueError(f"unknown official format {method!r}; --method is one of {', '.join(OFFICIAL_GLOBALS)}")
     out = []
     for name in [method] if method else list(OFFICIAL_GLOBALS):
         for g in OFFICIAL_GLOBALS[name]:

@@ -102,9 +102,9 @@ def load_official_mae(path_or_state_dict, return_extras: bool = False, trust_che
 
     A file is read safely (``weights_only``); one holding other Python objects is refused unless
     ``trust_checkpoint=True``."""
-    from ..ops import resize_pos_embed, sincos_pos_embed_2d, to_2tuple
-    from ..registry import create
-    from .keymap import load_exact
+    from ...ops import resize_pos_embed, sincos_pos_embed_2d, to_2tuple
+    from ...registry import create
+    from ..keymap import load_exact
 
     sd = _read(path_or_state_dict, trust_checkpoint, part)
     kw = infer_mae_kwargs(sd)
