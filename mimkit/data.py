@@ -231,7 +231,10 @@ class BatchAugment:
     """MAE's augmentation (RandomResizedCrop, bicubic, + horizontal flip + normalise) on a whole batch
     of uint8 images (N, C, H, W) as tensor ops: the crop boxes are drawn as torchvision draws them,
     from per-item seeds (:func:`seeded_uniforms`), and every crop is resampled by one bicubic
-    ``grid_sample`` (border pixels replicated, values clamped to [0, 255], as the uint8 path does).
+    ``grid_sample`` (values clamped to [0, 255], as the uint8 path does). Inside the crop the result
+    is bicubic interpolation of the crop; at its edge the kernel reads the image's own neighbouring
+    pixels (torchvision, cropping first, replicates the crop's edge), and the image's border is
+    replicated.
     Crops are enlarged or kept (Fashion-MNIST's 28 px crops into 28 or 32 px); a crop much larger
     than the output would alias, so such datasets are first resized (``TensorImages`` is for
     in-memory datasets at about the training resolution)."""
@@ -243,6 +246,10 @@ class BatchAugment:
         self.scale, self.ratio, self.hflip = tuple(float(s) for s in crop_scale), tuple(ratio), bool(hflip)
 
     def __call__(self, images: torch.Tensor, seeds) -> torch.Tensor:
+        with torch.profiler.record_function("mimkit/augment"):
+            return self._augment(images, seeds)
+
+    def _augment(self, images: torch.Tensor, seeds) -> torch.Tensor:
         import torch.nn.functional as F
 
         n, c, h, w = images.shape

@@ -117,6 +117,12 @@ def eval_dataset(data: str, split: str, model, *, train_aug: bool = False, limit
         images, labels = load_fashion_mnist(split, root)
         if limit:
             images, labels = images[: int(limit)], labels[: int(limit)]
+        if train_aug:  # augmented as whole batches (mimkit.data.BatchAugment), one seed per image
+            from ..data import BatchAugment
+
+            images = images.unsqueeze(1).expand(-1, chans, -1, -1) if chans > 1 else images
+            return TensorImages(images, labels, batch_transform=BatchAugment(size, mean, std, crop_scale,
+                                                                             hflip=hflip)), list(FMNIST_CLASSES)
         tf = _transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=True)
         if not train_aug:
             ready = pretransform(images, tf, chans, size)
@@ -186,4 +192,6 @@ def labelled_subset(dataset, per_class: int | None, seed: int = 0):
     """``dataset`` restricted to :func:`balanced_indices` (unchanged when ``per_class`` is None)."""
     if not per_class:
         return dataset
-    return torch.utils.data.Subset(dataset, balanced_indices(dataset_labels(dataset), per_class, seed).tolist())
+    from ..data import take_rows
+
+    return take_rows(dataset, balanced_indices(dataset_labels(dataset), per_class, seed).tolist())

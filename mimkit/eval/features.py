@@ -38,11 +38,30 @@ def pool(tokens: torch.Tensor, how: str = "mean", cls_token: bool = True) -> tor
     raise ValueError(f"pool must be 'cls' or 'mean', got {how!r}")
 
 
+CPU_CHUNK = 128  # CPU: images per encoder call; activations stay in cache (measured in docs/speed.md)
+
+
+def batches(dataset, batch_size: int, num_workers: int = 0):
+    """(images, labels) batches of ``dataset`` in order: in-memory ``TensorImages`` without a per-item
+    transform are sliced directly (one gather per batch, no per-image Python); anything else goes
+    through a ``DataLoader``."""
+    from ..data import TensorImages
+
+    if isinstance(dataset, TensorImages) and dataset.transform is None and num_workers == 0:
+        for i in range(0, len(dataset), batch_size):
+            yield dataset.get_batch(range(i, min(i + batch_size, len(dataset))))
+        return
+    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
 @torch.no_grad()
 def extract_features(model, dataset, pool_how: str | tuple = "mean", batch_size: int = 512, device=None, num_workers: int = 0,
                      progress: bool = True, desc: str = "features"):
     """Run ``model.encode`` (unmasked) over ``dataset``; returns (features (N, D) float32, labels (N,)).
-    With a tuple of pool names, features is a dict {name: (N, D)} from one pass."""
+    With a tuple of pool names, features is a dict {name: (N, D)} from one pass. On the CPU each batch
+    is encoded ``CPU_CHUNK`` images at a time (the same features, faster)."""
+    import math
+
     from tqdm.auto import tqdm
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -52,13 +71,16 @@ def extract_features(model, dataset, pool_how: str | tuple = "mean", batch_size:
     cls = has_cls_token(model)
     was_training = model.training
     model = model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunk = CPU_CHUNK if device.type == "cpu" else batch_size
     feats, labels = {n: [] for n in names}, []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            tok = model.encode(x.to(device, non_blocking=True))
-        for n in names:
-            feats[n].append(pool(tok, n, cls).float().cpu())
+    bar = tqdm(batches(dataset, batch_size, num_workers), desc=desc, disable=not progress, leave=False,
+               total=math.ceil(len(dataset) / batch_size))
+    for x, y in bar:
+        for part in torch.split(x, chunk):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                tok = model.encode(part.to(device, non_blocking=True))
+            for n in names:
+                feats[n].append(pool(tok, n, cls).float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
     out = {n: torch.cat(f) for n, f in feats.items()}

@@ -53,6 +53,12 @@ class FinetuneModule(L.LightningModule):
             self.train_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
         self.loss_history: list[float] = []
+        self._compiled = None  # set by finetune(compile=...): mimkit.train.speed.Compiled
+
+    def compile_classifier(self, device_type: str) -> None:
+        from ..train.speed import Compiled
+
+        object.__setattr__(self, "_compiled", Compiled(self.classifier, device_type))
 
     def forward(self, images):
         return self.classifier(images)
@@ -66,7 +72,8 @@ class FinetuneModule(L.LightningModule):
         groups = layer_decay_param_groups(self.classifier, self.weight_decay, self.layer_decay)
         for g in groups:
             g["lr"] = self.lr * g["lr_scale"]
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
+        fused = self.device.type in ("cpu", "cuda")  # the fused AdamW kernel (docs/speed.md)
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = self.trainer.num_training_batches  # an epoch may be cut short by max_steps (fractional epochs)
         warmup = min(total, int(round(self.warmup_epochs * per_epoch)))
@@ -82,7 +89,7 @@ class FinetuneModule(L.LightningModule):
             if x.shape[0] % 2:
                 raise ValueError(f"mixup/cutmix need an even batch size, got {x.shape[0]}")
             x, y = self.mixup_fn(x, y)
-        loss = self.train_loss(self.classifier(x), y)
+        loss = self.train_loss((self._compiled or self.classifier)(x), y)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"fine-tuning loss became {loss.item()} at step {self.global_step}; lower the "
                                      "learning rate (--blr/--lr)")
@@ -125,13 +132,15 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              layer_decay: float = 0.75, weight_decay: float = 0.05, drop_path: float = 0.1, mixup: float = 0.0,
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
-             accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None):
+             accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
+             compile="auto"):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
     ``lr`` is absolute; when None it is ``blr * batch_size / 256``. ``eval_every`` > 0 also
     evaluates every that many epochs (logged as ``val/acc``). ``out_dir`` receives
-    ``classifier.safetensors``, ``finetune.json`` and the Lightning CSV logs.
+    ``classifier.safetensors``, ``finetune.json`` and the Lightning CSV logs. ``compile``: true, false
+    or auto (``torch.compile`` for runs of >= 600 steps, as ``trainer.compile`` in pretraining).
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -146,8 +155,12 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     module = FinetuneModule(classifier, lr, min_lr, weight_decay, layer_decay, warmup_epochs, mixup, cutmix,
                             label_smoothing)
     pin = torch.cuda.is_available()
-    train_loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                              num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+    from ..data import BatchedSamples, collate
+
+    batched = getattr(train_dataset, "batch_transform", None) is not None  # whole batches in one call
+    train_loader = DataLoader(BatchedSamples(train_dataset) if batched else train_dataset, batch_size=batch_size,
+                              shuffle=True, drop_last=True, num_workers=num_workers, pin_memory=pin,
+                              persistent_workers=num_workers > 0, collate_fn=collate)
     test_loader = DataLoader(test_dataset, batch_size=max(256, batch_size), shuffle=False, num_workers=num_workers,
                              pin_memory=pin)
     out_dir = Path(out_dir) if out_dir else None
@@ -168,6 +181,10 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     if not (eval_every and eval_every > 0):
         kw["limit_val_batches"] = 0
     kw.update(trainer_kwargs or {})
+    from ..train.speed import should_compile
+
+    if should_compile(compile, (steps if steps > 0 else math.ceil(epochs) * len(train_loader)), device_type):
+        module.compile_classifier(device_type)
     with _quiet_lightning():
         trainer = L.Trainer(**kw)
         t0 = time.time()

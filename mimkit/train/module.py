@@ -305,14 +305,13 @@ class MIMModule(L.LightningModule):
         is written as matmul + softmax so that inductor fuses it with its neighbours (measured in
         ``docs/speed.md``); if compiling fails (no C++ compiler, an unsupported op), training goes
         on eagerly with one warning."""
-        from .speed import compile_for_training
+        from .speed import Compiled
 
-        object.__setattr__(self, "_compiled", compile_for_training(self.model, device_type or self.device.type))
+        object.__setattr__(self, "_compiled", Compiled(self.model, device_type or self.device.type))
 
     def _forward(self, inputs: dict):
         compiled = getattr(self, "_compiled", None)
-        if compiled is None:
-            return self.model(**inputs)
+        return compiled(**inputs) if compiled is not None else self.model(**inputs)
         state = torch.get_rng_state()
         try:
             return compiled(**inputs)

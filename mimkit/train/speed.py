@@ -78,6 +78,27 @@ def compile_for_training(model: torch.nn.Module, device=None):
     return torch.compile(model)
 
 
+class Compiled:
+    """``model`` compiled by :func:`compile_for_training`, falling back to the eager ``model`` for good
+    (one warning) if compiling fails at a call; the failed call is repeated eagerly from the same
+    random state, so it draws the same masks and drop-path as an eager run would."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str = "cpu"):
+        self.model, self.fn = model, compile_for_training(model, device_type)
+
+    def __call__(self, *args, **kwargs):
+        if self.fn is None:
+            return self.model(*args, **kwargs)
+        state = torch.get_rng_state()
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure (no C++ compiler, an unsupported op)
+            compile_failed(e)
+            self.fn = None
+            torch.set_rng_state(state)
+            return self.model(*args, **kwargs)
+
+
 _warned = False
 
 
