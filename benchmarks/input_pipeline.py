@@ -60,7 +60,7 @@ def write_folder(root: Path, n: int, size: int) -> Path:
 def write_shards_and_hf(folder: Path, root: Path, per_shard: int) -> tuple[Path, Path | None]:
     """The JPEG folder as WebDataset shards and (when `datasets` is installed) a saved HF dataset."""
     from mimkit.data import SafeImageFolder
-    from mimkit.shards import write_shards
+    from mimkit.data.shards import write_shards
 
     shards = root / "shards"
     write_shards(folder, shards, per_shard=per_shard, progress=False)

@@ -116,9 +116,9 @@ def knn_sets(args, seed: int):
 
 
 def plot(rows, path: Path, title: str) -> Path:
-    from mimkit.viz import _plt
+    from mimkit.viz import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [r["epoch"] for r in rows]
     ax.plot(ep, [r["val_loss"] for r in rows], "o-", color="tab:blue", label="validation loss")

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from mimkit.checkpoint import trusted_checkpoints
+    from mimkit.files import trusted_checkpoints
 
     try:
         with trusted_checkpoints(bool(getattr(args, "trust_checkpoint", False))):  # --trust-checkpoint

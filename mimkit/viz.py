@@ -8,7 +8,8 @@ import torch
 from .ops import pixel_mask
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +51,7 @@ def reconstruction_panels(model, images: torch.Tensor, noise=None, mask=None):
 
 def save_reconstruction_grid(model, images, path, mean, std, noise=None, mask=None, title: str | None = None):
     """Write a PNG with one row per image: original | masked | prediction | prediction + visible."""
-    plt = _plt()
+    plt = pyplot()
     orig, masked, pred, pasted, m = reconstruction_panels(model, images, noise, mask)
     cols = [denormalize(t.float().cpu(), mean, std) for t in (orig, masked, pred, pasted)]
     # hidden patches shown grey in the masked input
@@ -85,7 +86,7 @@ def save_curve(xs, ys_by_name: dict, path, xlabel="step", ylabel="loss", title=N
     """Line plot of several series: ``ys_by_name`` maps a name to ``(x, y)`` or to ``y`` (then ``xs``
     is shared). ``hlines`` maps a label to a constant drawn as a dashed reference line; ``markers``
     gives some series their own marker (e.g. sparse per-epoch points beside a per-step curve)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (x, y) in ys_by_name.items() if isinstance(next(iter(ys_by_name.values()), None), tuple) else \
             ((k, (xs, v)) for k, v in ys_by_name.items()):
@@ -111,7 +112,7 @@ def save_panels(series: dict, path, xlabel="step", title=None, hlines: dict | No
     """One small line plot per series (``name -> (x, y)``), so metrics of different scales (an
     accuracy in [0, 1] beside images/s) each keep a readable axis. ``hlines`` maps a series name to
     ``{label: value}`` dashed reference lines drawn in that panel."""
-    plt = _plt()
+    plt = pyplot()
     names = list(series)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
@@ -177,7 +178,7 @@ def save_attention_grid(model, images, path, mean, std, block: int = -1, title: 
     Returns the path; the figure has ``N x (2 + heads)`` panels."""
     import torch.nn.functional as F
 
-    plt = _plt()
+    plt = pyplot()
     maps = attention_maps(model, images, block).cpu()  # N, heads, h, w
     n, heads = maps.shape[:2]
     full = torch.cat([maps.mean(1, keepdim=True), maps], 1)  # N, 1+heads, h, w

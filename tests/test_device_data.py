@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mimkit.device_data import DeviceAugment, EncodedImageFolder, collate_encoded
+from mimkit.data.device import DeviceAugment, EncodedImageFolder, collate_encoded
 
 
 def make_folder(root, n=6, size=(40, 48), corrupt=0, png=0):

@@ -319,12 +319,12 @@ def test_pretransform_equals_per_item_transform(chans, size):
     """Fashion-MNIST evaluation images are transformed once in batches; each item must equal the
     per-item transform (resize, crop, scale, normalise, grey -> RGB)."""
     from mimkit.data import FMNIST_MEAN, FMNIST_STD
-    from mimkit.eval.data import _transform, pretransform
+    from mimkit.eval.data import image_transform, pretransform
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (37, 28, 28), generator=g, dtype=torch.uint8)
     mean, std = list(FMNIST_MEAN) * chans, list(FMNIST_STD) * chans
-    tf = _transform(size, mean, std, False, (0.2, 1.0), True, chans, gray_source=True)
+    tf = image_transform(size, mean, std, False, (0.2, 1.0), True, chans, gray_source=True)
     ready = pretransform(images, tf, chans, size, chunk=10)
     assert ready.shape == (37, chans, size, size) and ready.dtype == torch.float32
     for i in (0, 9, 10, 36):

@@ -324,7 +324,7 @@ def test_simmim_training_checkpoint_with_yacs_config(tmp_path, monkeypatch):
     torch.save(obj, tmp_path / "ckpt_epoch_4.pth")
     monkeypatch.delitem(sys.modules, "yacs.config")
     monkeypatch.delitem(sys.modules, "yacs")
-    from mimkit.checkpoint import UntrustedCheckpointError, read_torch_checkpoint
+    from mimkit.files import UntrustedCheckpointError, read_torch_checkpoint
 
     with pytest.raises(UntrustedCheckpointError, match="yacs.config.CfgNode"):
         read_torch_checkpoint(tmp_path / "ckpt_epoch_4.pth")  # not on the general allowlist
@@ -453,7 +453,7 @@ def test_data2vec2_checkpoint_in_and_out(tmp_path):
                            "previous_training_time": 12.5}}
     path = tmp_path / "base_imagenet.pt"
     torch.save(obj, path)
-    from mimkit.checkpoint import UntrustedCheckpointError, read_torch_checkpoint
+    from mimkit.files import UntrustedCheckpointError, read_torch_checkpoint
 
     with pytest.raises(UntrustedCheckpointError, match="numpy"):
         read_torch_checkpoint(path)  # numpy scalars are allowed for fairseq files only

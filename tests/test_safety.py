@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mimkit
-from mimkit.checkpoint import UntrustedCheckpointError, read_torch_checkpoint, trusted_checkpoints
+from mimkit.files import UntrustedCheckpointError, read_torch_checkpoint, trusted_checkpoints
 from mimkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

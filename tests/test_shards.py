@@ -22,7 +22,7 @@ from PIL import Image
 
 from mimkit.cli import main
 from mimkit.data import SafeImageFolder, load_fashion_mnist, pretrain_transform
-from mimkit.shards import ShardImages, ShardWindowOrder, write_shards
+from mimkit.data.shards import ShardImages, ShardWindowOrder, write_shards
 from mimkit.train.loader import ResumableLoader, ResumableSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def test_ranks_split_the_epoch_and_resume_mid_epoch(source, shards, hf_dir, tmp_
         ds = ShardImages(shards, tf, in_chans=1)
         order = ShardWindowOrder(ds.shard_bounds(), 2)
     else:
-        from mimkit.hf_dataset import HFImages
+        from mimkit.data.hf_dataset import HFImages
 
         ds = HFImages(hf_dir, transform=tf, in_chans=1)
         order = None
@@ -416,7 +416,7 @@ def test_corrupt_member_is_skipped_and_counted_or_raises(shards, tmp_path, capsy
 
 def test_hf_corrupt_rows_are_counted_and_bad_columns_named(hf_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
-    from mimkit.hf_dataset import HFImages
+    from mimkit.data.hf_dataset import HFImages
 
     ds = datasets.load_from_disk(str(hf_dir))
     rows = ds.cast_column("image", datasets.Image(decode=False)).to_dict()

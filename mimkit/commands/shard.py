@@ -1,5 +1,5 @@
 """``mimkit shard --images DIR --out SHARDS_DIR [--shard-size 1GB | --per-shard N] [--resize S]``:
-an image folder as WebDataset tar shards plus an index (``mimkit.shards``); ``--reindex`` writes the
+an image folder as WebDataset tar shards plus an index (``mimkit.data.shards``); ``--reindex`` writes the
 index for shards made elsewhere."""
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import time
 
-    from mimkit.shards import reindex, write_shards
+    from mimkit.data.shards import reindex, write_shards
 
     if args.reindex:
         target = reindex(args.reindex, name=args.prefix)

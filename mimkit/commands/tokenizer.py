@@ -153,7 +153,7 @@ def report_after_training(run_dir: Path, cfg: dict, n_images: int) -> dict:
 
 
 def _write_stats(path: Path, stats: dict) -> None:
-    from mimkit.checkpoint import atomic_write
+    from mimkit.files import atomic_write
 
     data = {k: v for k, v in stats.items() if k != "counts"}
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=2)))
@@ -174,7 +174,7 @@ def _load(args):
 def run_encode(args) -> int:
     import torch
 
-    from mimkit.checkpoint import atomic_write
+    from mimkit.files import atomic_write
     from mimkit.tokenizer.io import batches
 
     tok, images, names = _load(args)

@@ -17,7 +17,7 @@ DATA_HELP = ("fashion_mnist (the real 60k/10k split) or an ImageFolder directory
 def load_model_spec(spec: str, trust_checkpoint: bool = False, **overrides):
     """Model from a checkpoint spec (see ``CHECKPOINT_HELP``). Pickled files (``.ckpt``, a transformers
     ``pytorch_model.bin``) are read safely; ``trust_checkpoint=True`` unpickles them fully."""
-    from ..checkpoint import is_trusted, trusted_checkpoints
+    from ..files import is_trusted, trusted_checkpoints
 
     if trust_checkpoint and not is_trusted():
         with trusted_checkpoints():
@@ -64,7 +64,8 @@ class _ToChannels(torch.nn.Module):
         return x.expand(*x.shape[:-3], self.chans, *x.shape[-2:]) if x.shape[-3] == 1 and self.chans > 1 else x
 
 
-def _transform(img_size, mean, std, train: bool, crop_scale, hflip, chans, gray_source):
+def image_transform(img_size, mean, std, train: bool, crop_scale, hflip, chans, gray_source):
+    """The per-image transform of an evaluation dataset (augmented when ``train``), to ``chans`` channels."""
     from torchvision.transforms import v2
 
     from ..data import eval_transform, pretrain_transform
@@ -123,7 +124,7 @@ def eval_dataset(data: str, split: str, model, *, train_aug: bool = False, limit
             images = images.unsqueeze(1).expand(-1, chans, -1, -1) if chans > 1 else images
             return TensorImages(images, labels, batch_transform=BatchAugment(size, mean, std, crop_scale,
                                                                              hflip=hflip)), list(FMNIST_CLASSES)
-        tf = _transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=True)
+        tf = image_transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=True)
         if not train_aug:
             ready = pretransform(images, tf, chans, size)
             if ready is not None:
@@ -132,7 +133,7 @@ def eval_dataset(data: str, split: str, model, *, train_aug: bool = False, limit
     path = Path(data)
     if not path.is_dir():
         raise FileNotFoundError(f"--data {data!r} is neither 'fashion_mnist' nor a directory")
-    tf = _transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=False)
+    tf = image_transform(size, mean, std, train_aug, crop_scale, hflip, chans, gray_source=False)
     ds = SafeImageFolder(folder_split(path, split), tf, chans)
     classes = list(ds.classes)
     if limit:

@@ -219,7 +219,7 @@ def save_classifier(classifier: Classifier, out_dir, source_model=None, results:
     the source model's mimkit config, so :func:`load_classifier` can rebuild it)."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import atomic_write, jsonable
+    from ..files import atomic_write, jsonable
 
     out_dir = Path(out_dir)
     sd = {k: v.detach().contiguous().cpu() for k, v in classifier.state_dict().items()}
@@ -233,7 +233,8 @@ def save_classifier(classifier: Classifier, out_dir, source_model=None, results:
 
 def load_classifier(out_dir) -> Classifier:
     """Rebuild a classifier written by :func:`save_classifier` (needs the source model's config)."""
-    from ..checkpoint import build_from_config, read_safetensors
+    from ..files import read_safetensors
+    from ..registry import build_from_config
 
     out_dir = Path(out_dir)
     meta_path = out_dir / "finetune.json"

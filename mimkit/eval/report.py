@@ -148,7 +148,7 @@ def load_report_data(data: str, model, *, test_fraction: float = 0.2, seed: int 
     the model's channels, resized (shorter side) and centre-cropped to its input and normalised.
     ``limit`` / ``test_limit``: the first N Fashion-MNIST images, or N images drawn with ``seed`` from a folder."""
     from ..data import TensorImages, default_stats
-    from .data import _transform, dataset_labels, eval_dataset, model_input, pretransform
+    from .data import image_transform, dataset_labels, eval_dataset, model_input, pretransform
 
     size, chans = model_input(model)
     fmnist = str(data) in FMNIST_NAMES
@@ -177,7 +177,7 @@ def load_report_data(data: str, model, *, test_fraction: float = 0.2, seed: int 
         path = Path(data)
         if not path.is_dir():
             raise FileNotFoundError(f"--data {data!r} is neither 'fashion_mnist' nor a directory")
-        tf = _transform(size, m, s, False, (1.0, 1.0), False, chans, gray_source=False)
+        tf = image_transform(size, m, s, False, (1.0, 1.0), False, chans, gray_source=False)
         if (path / "train").is_dir():
             from .data import folder_split
 
@@ -717,9 +717,9 @@ def report_markdown(report: dict) -> str:
 
 def plot_report(report: dict, path) -> Path:
     """``report.png``: accuracy per protocol and label budget, one bar per encoder, raw pixels as a line."""
-    from ..viz import _plt
+    from ..viz import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     cols = _columns(report)
     encs = [e for e in _encoders(report) if e != RAW]
     width = 0.8 / max(1, len(encs))
@@ -784,9 +784,9 @@ def plot_neighbours(data: ReportData, enc_feats: tuple, raw_feats: tuple, name: 
                     seed: int = 0, k: int = 8) -> Path:
     """``neighbours.png``: ``n`` test images, each with its ``k`` nearest training images under the
     encoder and under raw pixels; wrong-class neighbours get a red frame."""
-    from ..viz import _plt, denormalize
+    from ..viz import pyplot, denormalize
 
-    plt = _plt()
+    plt = pyplot()
     ytr, yte = data.train.labels, data.test.labels
     q = pick_queries(yte, n, seed)
     nn_enc = nearest(enc_feats[0], enc_feats[1][q], k)

@@ -72,7 +72,7 @@ def _load_dir(path):
 def _trusted_weights(directory: str) -> dict | None:
     """Under --trust-checkpoint, the tensors of the ``.bin`` weights of a directory without
     safetensors, unpickled fully here (transformers always reads them weights-only); else None."""
-    from ..checkpoint import is_trusted, read_torch_checkpoint
+    from ..files import is_trusted, read_torch_checkpoint
 
     d = Path(directory)
     bins = sorted(d.glob("*.bin"))
@@ -87,7 +87,7 @@ def _trusted_weights(directory: str) -> dict | None:
 
 def _untrusted(directory: str, error: Exception):
     """The clear refusal for a directory whose PyTorch weights file needs full unpickling."""
-    from ..checkpoint import UntrustedCheckpointError, unsafe_globals
+    from ..files import UntrustedCheckpointError, unsafe_globals
 
     files = sorted(p for p in Path(directory).glob("*") if p.suffix in (".bin", ".pt", ".pth"))
     for f in files:

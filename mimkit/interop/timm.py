@@ -193,7 +193,7 @@ def save_timm(model, directory, img_size=None) -> Path:
     import timm
     from safetensors.torch import save_file
 
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
 
     arch, kwargs, sd = timm_state_dict(model, img_size)
     # build the timm model once: proves the strict load before anything is written
@@ -228,7 +228,7 @@ def save_timm(model, directory, img_size=None) -> Path:
 
 
 def read_timm_dir(directory) -> tuple[str, dict, dict[str, torch.Tensor]]:
-    from ..checkpoint import read_safetensors
+    from ..files import read_safetensors
 
     directory = Path(directory)
     cfg_path, weights = directory / TIMM_CONFIG, directory / TIMM_WEIGHTS

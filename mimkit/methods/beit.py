@@ -32,7 +32,9 @@ from ..losses import masked_cross_entropy
 from ..masking import BlockMasking, RandomMasking, masking_for
 from ..registry import register_builder, register_recipe
 from ..targets import check_token_range, freeze, hidden_labels, token_ids, vocabulary
-from ..tokenizer import tokenizer_options
+
+BEIT_TOKENIZER_OPTIONS = ("tokenizer_path", "tokenizer_config")
+
 
 class BEiT(MIMModel):
     """Args:
@@ -129,7 +131,9 @@ class BEiT(MIMModel):
         return self.head(enc.last_hidden_state[:, 1:])
 
 
-register_builder("beit", BEiT, options=("tokenizer_path", "tokenizer_config"), prepare=tokenizer_options)
+# tokenizer_path / tokenizer_config are turned into a built tokenizer by mimkit.tokenizer (a layer above the
+# core), which registers that step with register_options("beit", ...)
+register_builder("beit", BEiT, options=BEIT_TOKENIZER_OPTIONS)
 
 register_recipe(
     "beit_vit_base_patch16", BEiT,

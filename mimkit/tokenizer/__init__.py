@@ -11,6 +11,7 @@ from .dalle import DALLEEncoder, load_dalle_encoder, map_pixels, unmap_pixels
 from .dalle_pytorch import DallePytorchDVAE, load_dalle_pytorch_dvae
 from .dvae import DiscreteVAE, perplexity_from_counts, psnr
 from .stats import codebook_stats, format_stats
+from .weights import read_state_dict
 
 __all__ = ["DALLEEncoder", "DallePytorchDVAE", "DiscreteVAE", "codebook_stats", "format_stats",
            "load_dalle_encoder", "load_dalle_pytorch_dvae", "load_tokenizer", "map_pixels",
@@ -46,7 +47,7 @@ def load_tokenizer(path, trust_checkpoint: bool = False, **dalle_kwargs):
     BEiT's DALLE-pytorch dVAE (``pytorch_model.bin``), told apart by their keys. ``dalle_kwargs``
     (``img_size``, ``pixel_mean``, ``pixel_std``) go to the state dict loaders. Files are read safely;
     ``trust_checkpoint=True`` unpickles one that holds more than tensors."""
-    from ..checkpoint import is_trusted, trusted_checkpoints
+    from ..files import is_trusted, trusted_checkpoints
 
     if trust_checkpoint and not is_trusted():
         with trusted_checkpoints():
@@ -60,14 +61,14 @@ def load_tokenizer(path, trust_checkpoint: bool = False, **dalle_kwargs):
     dalle = path.is_file() and (path.suffix in _STATE_DICT_SUFFIXES or
                                 (path.suffix == ".safetensors" and not (path.parent / "config.json").exists()))
     if dalle:
-        from .dalle import _read_state_dict
         from .dalle_pytorch import is_dalle_pytorch_state_dict
 
-        sd = _read_state_dict(path)
+        sd = read_state_dict(path)
         if is_dalle_pytorch_state_dict(sd):
             return load_dalle_pytorch_dvae(sd, **dalle_kwargs)
         return load_dalle_encoder(sd, **dalle_kwargs)
-    from ..checkpoint import WEIGHTS, load_model
+    from ..files import WEIGHTS
+    from ..checkpoint import load_model
 
     if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model" / WEIGHTS).exists():
         path = path / "model"  # a run directory of `mimkit tokenizer train`

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import check_image_size, to_2tuple
+from .weights import read_state_dict
 
 LOGIT_LAPLACE_EPS = 0.1
 
@@ -140,35 +141,6 @@ class DALLEEncoder(nn.Module):
         return self.logits(images).argmax(1).flatten(1)
 
 
-def _read_state_dict(path: Path, trust_checkpoint: bool = False) -> dict:
-    """The tensors of a weights file: safetensors, or a PyTorch pickle read safely (an untrusted file
-    is refused, see :func:`mimkit.checkpoint.read_torch_checkpoint`) holding a state dict, possibly
-    under ``"state_dict"`` or ``"weights"`` (BEiT's ``pytorch_model.bin``)."""
-    from ..checkpoint import UntrustedCheckpointError, read_safetensors, read_torch_checkpoint
-
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    try:
-        obj = read_torch_checkpoint(path, trust_checkpoint=trust_checkpoint)
-    except UntrustedCheckpointError:
-        raise
-    except ValueError as e:  # truncated or foreign files
-        raise ValueError(
-            f"{path} is not a plain state dict ({getattr(e, 'reason', e)}). If it is the released "
-            "dall_e encoder.pkl (a pickled module), convert it once where the dall_e package is installed: "
-            "torch.save(torch.load('encoder.pkl').state_dict(), 'dalle_encoder.pt')"
-        ) from None
-    if isinstance(obj, nn.Module):  # a trusted pickled module (e.g. dall_e's encoder.pkl)
-        obj = obj.state_dict()
-    for key in ("state_dict", "weights"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return obj
-
-
 def dalle_kwargs_from_state_dict(sd: dict) -> dict:
     """Architecture arguments of a DALL-E encoder state dict (keys ``blocks.*``)."""
     try:
@@ -193,7 +165,7 @@ def load_dalle_encoder(path, img_size=112, pixel_mean=None, pixel_std=None,
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no DALL-E encoder weights at {path}")
-        sd = _read_state_dict(path, trust_checkpoint)
+        sd = read_state_dict(path, trust_checkpoint)
     if not any(k.startswith("blocks.") for k in sd):
         sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     from ..interop.keymap import load_exact

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..ops import check_image_size, to_2tuple, token_grid
+from .weights import read_state_dict
 
 # BEiT's customized dVAE (NUM_TOKENS, NUM_LAYERS, EMB_DIM, HID_DIM in its utils) and its input view
 BEIT_DVAE = dict(num_tokens=8192, num_layers=3, codebook_dim=512, hidden_dim=256)
@@ -164,7 +165,6 @@ def load_dalle_pytorch_dvae(path_or_state_dict, img_size=BEIT_IMG_SIZE, num_laye
     more than tensors)."""
     from ..interop.keymap import load_exact
     from ..registry import create
-    from .dalle import _read_state_dict
 
     if isinstance(path_or_state_dict, dict):
         sd, source = path_or_state_dict, "state dict"
@@ -172,7 +172,7 @@ def load_dalle_pytorch_dvae(path_or_state_dict, img_size=BEIT_IMG_SIZE, num_laye
         source = Path(path_or_state_dict)
         if not source.exists():
             raise FileNotFoundError(f"no dVAE weights at {source}")
-        sd = _read_state_dict(source, trust_checkpoint)
+        sd = read_state_dict(source, trust_checkpoint)
     if "weights" in sd and isinstance(sd["weights"], dict):
         sd = sd["weights"]
     kw = dalle_pytorch_kwargs_from_state_dict(sd)

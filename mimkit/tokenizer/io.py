@@ -42,7 +42,7 @@ def load_images(spec: str, img_size, in_chans: int, mean, std, limit: int | None
     if path.is_file():
         if path.suffix != ".pt":
             raise ValueError(f"{path}: give a directory of images, a .pt tensor file or fashion_mnist[:split]")
-        from ..checkpoint import read_torch_checkpoint
+        from ..files import read_torch_checkpoint
 
         t = read_torch_checkpoint(path)  # weights_only: an untrusted pickle is refused
         if not isinstance(t, torch.Tensor) or t.ndim != 4:

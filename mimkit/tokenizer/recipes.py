@@ -3,7 +3,9 @@ tokenizer train``), the DALL-E encoder and BEiT's DALLE-pytorch dVAE (for ``mimk
 of an imported tokenizer). Imported by the registry with the method modules."""
 from __future__ import annotations
 
-from ..registry import register_builder, register_recipe
+from ..registry import register_builder, register_options, register_recipe
+from ..methods.beit import BEIT_TOKENIZER_OPTIONS
+from . import tokenizer_options
 from .dalle import DALLEEncoder
 from .dalle_pytorch import DallePytorchDVAE
 from .dvae import DiscreteVAE
@@ -12,6 +14,9 @@ from .dvae import DiscreteVAE
 # PSNR is reported in pixel space and `mimkit tokenizer encode/stats` normalise files the same way
 _FMNIST = dict(pixel_mean=[0.2860], pixel_std=[0.3530])
 _IMAGENET = dict(pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225])
+
+# BEiT declares tokenizer_path / tokenizer_config; the tokenizer layer turns them into a built tokenizer
+register_options("beit", BEIT_TOKENIZER_OPTIONS, tokenizer_options)
 
 register_builder("dvae", DiscreteVAE)
 register_builder("dalle_encoder", DALLEEncoder)

@@ -15,7 +15,7 @@ def save_reconstructions(tokenizer, images: torch.Tensor, path, max_images: int 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from .dvae import psnr
 
     tokenizer.eval()

@@ -8,7 +8,9 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..checkpoint import atomic_write, save_model
+from ..files import atomic_write
+
+from ..checkpoint import save_model
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -22,7 +24,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         ValueError naming the file instead of a trace from deep inside torch or Lightning. Read safely
         (``weights_only``, see :func:`mimkit.checkpoint.read_torch_checkpoint`) whatever Lightning asks
         for: a file that needs more is refused unless ``--trust-checkpoint`` is in effect."""
-        from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
+        from ..files import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
 
         check_checkpoint_file(path)
         return check_training_checkpoint(read_torch_checkpoint(path), path, resume=True)
@@ -81,7 +83,7 @@ def read_metrics(csv_path) -> dict[str, tuple[list[float], list[float]]]:
 def archive_metrics(log_dir, resume_step: int) -> Path | None:
     """Before resuming: Lightning's CSVLogger deletes an existing ``metrics.csv``; keep its rows
     logged before ``resume_step`` (the later ones are trained again) as ``metrics.partNNN.csv``."""
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
 
     log_dir = Path(log_dir)
     cur = log_dir / "metrics.csv"

@@ -18,19 +18,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*parts: int) -> int:
-    """Combine integers into one well-mixed 63-bit seed (splitmix64 finaliser per part)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h & ((1 << 63) - 1)
+from ..data.seeds import mix_seed  # noqa: F401  (re-exported: mimkit.train.loader.mix_seed)
 
 
 class SeededSamples(Dataset):
@@ -70,7 +58,7 @@ class ResumableSampler(Sampler):
     """Per-epoch shuffle shared by all ranks, rank ``r`` takes every ``W``-th item; the epoch ends
     after ``num_samples // (batch_size * W)`` full global batches (the rest is dropped, as with
     ``drop_last=True``). Yields ``(index, sample_seed)``. ``order_fn(seed, epoch, num_samples)``, when
-    given, replaces the uniform shuffle (e.g. ``mimkit.shards.ShardWindowOrder``: shuffled within
+    given, replaces the uniform shuffle (e.g. ``mimkit.data.shards.ShardWindowOrder``: shuffled within
     windows of a few shards); it must be a pure function of its arguments, like the shuffle."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -119,7 +107,7 @@ class ResumableLoader(DataLoader):
     def __init__(self, dataset, sampler: ResumableSampler, **kwargs):
         from functools import partial
 
-        from ..data import collate
+        from ..data.tensors import collate
 
         kwargs["collate_fn"] = partial(collate, inner=kwargs.get("collate_fn"))  # batches from get_batch pass as they are
         super().__init__(SeededSamples(dataset), batch_size=sampler.batch_size, sampler=sampler,

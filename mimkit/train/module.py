@@ -6,7 +6,9 @@ import math
 import lightning as L
 import torch
 
-from ..checkpoint import build_from_config, jsonable
+from ..files import jsonable
+
+from ..registry import build_from_config
 from .loader import mix_seed
 
 

@@ -202,7 +202,7 @@ def stepping_batches(trainer, num_samples: int, batch_size: int) -> int | None:
 def _data_module(dataset, batch_size: int, num_workers: int, seed: int, collate_fn=None, val_dataset=None,
                  shard_window: int | None = None):
     """The training loader (and, with ``val_dataset``, the validation loader) for Lightning.
-    Shard datasets (``mimkit.shards.ShardImages``) are shuffled within windows of ``shard_window``
+    Shard datasets (``mimkit.data.shards.ShardImages``) are shuffled within windows of ``shard_window``
     shards; validation images are split between ranks as ``rank::world_size`` (every image once, in
     a fixed order: the validation loss is a sum over all of them, see ``MIMModule.validation_step``)."""
     import lightning as L
@@ -211,7 +211,7 @@ def _data_module(dataset, batch_size: int, num_workers: int, seed: int, collate_
 
     order_fn = None
     if hasattr(dataset, "shard_bounds"):
-        from ..shards import ShardWindowOrder
+        from ..data.shards import ShardWindowOrder
 
         order_fn = ShardWindowOrder(dataset.shard_bounds(), shard_window)
 
@@ -255,7 +255,7 @@ def _slurm_requeue_checkpoint(run_dir: Path) -> str | None:
 def _device_decoded_data(d: dict, module, seed: int):
     """``data.decode_on_device``: workers read file bytes; the module decodes and augments on its device."""
     from ..data import default_stats
-    from ..device_data import DeviceAugment, EncodedImageFolder, collate_encoded
+    from ..data.device import DeviceAugment, EncodedImageFolder, collate_encoded
 
     if d["name"] in ("webdataset", "hf_dataset"):
         from ..data import limit_rows, source_dataset
@@ -299,7 +299,7 @@ def resume_point(run_dir: Path, resume) -> tuple[str | None, int]:
     """The checkpoint to continue from (``--resume``, or Lightning's SLURM requeue checkpoint in
     ``run_dir``) and its step; checked in a second, before any data is loaded (tensors are mapped,
     not read)."""
-    from ..checkpoint import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
+    from ..files import check_checkpoint_file, check_training_checkpoint, read_torch_checkpoint
 
     if resume is None:  # a SLURM job requeued after Lightning's SIGUSR1 checkpoint continues from it
         resume = _slurm_requeue_checkpoint(run_dir)
@@ -374,7 +374,7 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     ``callbacks``: extra Lightning callbacks (e.g. :class:`~mimkit.train.callbacks.Throughput`).
     ``resume``: a checkpoint (or run directory) to continue from, exactly where it stopped.
     ``trust_checkpoint``: unpickle ``resume`` and tokenizer files fully (only files you trust)."""
-    from ..checkpoint import is_trusted, trusted_checkpoints
+    from ..files import is_trusted, trusted_checkpoints
 
     if trust_checkpoint and not is_trusted():
         with trusted_checkpoints():

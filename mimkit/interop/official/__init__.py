@@ -66,7 +66,7 @@ def load_official(path_or_obj, method: str | None = None, part: str | None = Non
     (positions resized as the reference does); ``overrides``: builder arguments the file does not hold
     (``num_heads``, ``norm_pix_loss``, ``mask_ratio``, ``vocab_size``...). ``return_extras``: also return
     the tensors with no place in the model. Read weights-only; ``trust_checkpoint=True`` unpickles fully."""
-    from ...checkpoint import is_trusted, trusted_checkpoints
+    from ...files import is_trusted, trusted_checkpoints
 
     if trust_checkpoint and not is_trusted():
         with trusted_checkpoints():
@@ -97,7 +97,7 @@ def save_official(model, path, extras: dict | None = None, method: str | None = 
     """Write :func:`official_checkpoint` to ``path`` (atomically)."""
     import torch
 
-    from ...checkpoint import atomic_write
+    from ...files import atomic_write
 
     obj = official_checkpoint(model, extras, method)
     atomic_write(path, lambda p: torch.save(obj, p))
@@ -110,7 +110,7 @@ EXTRAS = "official_extras.safetensors"  # beside an imported model: the file's t
 def save_extras(extras: dict, path) -> None:
     from safetensors.torch import save_file
 
-    from ...checkpoint import atomic_write
+    from ...files import atomic_write
 
     sd = {k: v.detach().contiguous().cpu() for k, v in extras.items()}
     atomic_write(path, lambda p: save_file(sd, p))
@@ -120,7 +120,7 @@ def load_extras(model_path) -> dict:
     """The extras saved beside a mimkit model by ``mimkit import --from official`` ({} if none)."""
     from pathlib import Path
 
-    from ...checkpoint import read_safetensors
+    from ...files import read_safetensors
 
     path = Path(model_path)
     path = path / EXTRAS if path.is_dir() else path.parent / EXTRAS

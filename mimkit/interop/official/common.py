@@ -24,10 +24,10 @@ def read_official(path_or_obj, method: str | None = None, trust_checkpoint: bool
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.endswith(".safetensors"):
-        from ...checkpoint import read_safetensors
+        from ...files import read_safetensors
 
         return read_safetensors(path)
-    from ...checkpoint import official_globals, read_torch_checkpoint
+    from ...files import official_globals, read_torch_checkpoint
 
     obj = read_torch_checkpoint(path, trust_checkpoint=trust_checkpoint, extra_globals=official_globals(method))
     if not isinstance(obj, dict):

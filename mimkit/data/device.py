@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .images import bytes_tensor
+
 
 class EncodedImageFolder(Dataset):
     """ImageFolder layout (root/class/file) yielding (raw file bytes as uint8 tensor, label)."""
@@ -44,11 +46,6 @@ class EncodedImageFolder(Dataset):
         # a plain uint8 tensor over the file's bytes: the tensors torchvision.io.read_file returns
         # cannot be sent from a data worker (num_workers > 0: "Bad file descriptor", then a hang)
         return bytes_tensor(Path(path).read_bytes()), label, path
-
-
-def bytes_tensor(data: bytes) -> torch.Tensor:
-    """Encoded file bytes as a 1-D uint8 tensor that data workers can send (an empty file: 0 elements)."""
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
 def collate_encoded(batch):

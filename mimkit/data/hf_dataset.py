@@ -21,10 +21,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-
-def _msg(e: Exception) -> str:
-    """An exception's text without the repr of an in-memory buffer (PIL names the BytesIO it read)."""
-    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(e))
+from .images import bytes_tensor, error_text, load_image
 
 
 def _datasets():
@@ -57,7 +54,7 @@ def open_hf_dataset(path, split: str = "train", what: str = "data.path"):
         try:
             ds = datasets.load_from_disk(str(root))
         except Exception as e:  # noqa: BLE001 - the library raises many kinds
-            raise ValueError(f"{root} is not a readable saved dataset ({type(e).__name__}: {_msg(e)}); save it again "
+            raise ValueError(f"{root} is not a readable saved dataset ({type(e).__name__}: {error_text(e)}); save it again "
                              "with save_to_disk") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
@@ -74,7 +71,7 @@ def open_hf_dataset(path, split: str = "train", what: str = "data.path"):
             try:
                 return datasets.Dataset.from_parquet(files, split="train")
             except Exception as e:  # noqa: BLE001
-                raise ValueError(f"cannot read the parquet files under {root} ({type(e).__name__}: {_msg(e)}); "
+                raise ValueError(f"cannot read the parquet files under {root} ({type(e).__name__}: {error_text(e)}); "
                                  "check or rewrite them") from None
     raise FileNotFoundError(f"{root} holds neither a dataset written by save_to_disk (dataset_info.json, state.json) "
                             "nor parquet files; point data.path at one")
@@ -135,12 +132,8 @@ class HFImages(Dataset):
         return data, label
 
     def __getitem__(self, i):
-        from .data import load_image
-
         i = int(i)
         if self.encoded:
-            from .device_data import bytes_tensor
-
             data, label = self.read_bytes(i)
             return bytes_tensor(data), label, self.name(i)
         n = len(self)
@@ -153,11 +146,11 @@ class HFImages(Dataset):
             except Exception as e:  # noqa: BLE001
                 name = self.name(j)
                 if self.on_error == "raise":
-                    raise ValueError(f"cannot read image {name}: {type(e).__name__}: {_msg(e)} "
+                    raise ValueError(f"cannot read image {name}: {type(e).__name__}: {error_text(e)} "
                                      "(fix the dataset, or set data.on_error=skip)") from None
                 if name not in self.bad:
                     self.bad.add(name)
-                    warnings.warn(f"skipping unreadable image {name} ({type(e).__name__}: {_msg(e)}); "
+                    warnings.warn(f"skipping unreadable image {name} ({type(e).__name__}: {error_text(e)}); "
                                   f"{len(self.bad)} of {n} images skipped so far", stacklevel=2)
         else:
             raise ValueError(f"none of the {n} images of {self.path} can be read; check the dataset")

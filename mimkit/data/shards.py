@@ -46,10 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .images import SafeImageFolder, bytes_tensor, error_text, load_image
+from .seeds import mix_seed
 
-def _msg(e: Exception) -> str:
-    """An exception's text without the repr of an in-memory buffer (PIL names the BytesIO it read)."""
-    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(e))
 
 INDEX_SUFFIX = ".index.json"
 INDEX_KIND = "wids-shard-index-v1"
@@ -358,17 +357,13 @@ class ShardImages(Dataset):
         return f"{self.paths[s]}:{member}"
 
     def __getitem__(self, i):
-        from .data import load_image
-
         i = int(i)
         if self.encoded:
-            from .device_data import bytes_tensor
-
             try:
                 data = self.read_bytes(i)
             except (OSError, EOFError) as e:  # the device decoder counts an empty file as undecodable, skips it
                 if self.on_error == "raise":
-                    raise ValueError(f"cannot read image {self.name(i)}: {type(e).__name__}: {_msg(e)}") from None
+                    raise ValueError(f"cannot read image {self.name(i)}: {type(e).__name__}: {error_text(e)}") from None
                 data = b""
             return bytes_tensor(data), int(self.label[i]), self.name(i)
         n = len(self)
@@ -380,11 +375,11 @@ class ShardImages(Dataset):
             except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
                 name = self.name(j)
                 if self.on_error == "raise":
-                    raise ValueError(f"cannot read image {name}: {type(e).__name__}: {_msg(e)} "
+                    raise ValueError(f"cannot read image {name}: {type(e).__name__}: {error_text(e)} "
                                      "(rewrite the shard, or set data.on_error=skip)") from None
                 if name not in self.bad:
                     self.bad.add(name)
-                    warnings.warn(f"skipping unreadable image {name} ({type(e).__name__}: {_msg(e)}); "
+                    warnings.warn(f"skipping unreadable image {name} ({type(e).__name__}: {error_text(e)}); "
                                   f"{len(self.bad)} of {n} images skipped so far", stacklevel=2)
         else:
             raise ValueError(f"none of the {n} images in the shards can be read (e.g. {sorted(self.bad)[:2]}); "
@@ -417,8 +412,6 @@ class ShardWindowOrder:
         self.bounds, self.window = list(bounds), (int(window) if window else None)
 
     def __call__(self, seed: int, epoch: int, num_samples: int) -> torch.Tensor:
-        from .train.loader import mix_seed
-
         g = torch.Generator().manual_seed(mix_seed(seed, epoch))
         n_shards = len(self.bounds)
         shard_perm = torch.randperm(n_shards, generator=g).tolist()
@@ -437,7 +430,6 @@ class ShardWindowOrder:
 def _prepare(job):
     """Worker: check that the image decodes (as in training) and return the bytes to store."""
     path, label, resize = job
-    from .data import load_image
 
     ext = Path(path).suffix.lower().lstrip(".")
     ext = {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext)
@@ -468,7 +460,7 @@ def _prepare(job):
             if ext not in IMAGE_EXTS:
                 ext = "img"
     except Exception as e:  # noqa: BLE001
-        return None, f"{type(e).__name__}: {_msg(e)}", label, ext
+        return None, f"{type(e).__name__}: {error_text(e)}", label, ext
     return data, None, label, ext
 
 
@@ -483,8 +475,7 @@ def write_shards(images, out, prefix: str = "train", shard_size=None, per_shard:
     ``on_error='raise'``). Every shard and the index are written atomically. Returns the index."""
     from webdataset import TarWriter
 
-    from .checkpoint import atomic_write
-    from .data import SafeImageFolder
+    from ..files import atomic_write
 
     if per_shard is not None and shard_size is not None:
         raise ValueError("give --shard-size or --per-shard, not both")
@@ -506,8 +497,6 @@ def write_shards(images, out, prefix: str = "train", shard_size=None, per_shard:
                          "pass --overwrite")
     for p in old:
         p.unlink()
-    from .train.loader import mix_seed
-
     order = list(range(len(folder.samples)))
     if shuffle:
         g = torch.Generator().manual_seed(mix_seed(seed, 0x5AAD))
@@ -582,7 +571,7 @@ def write_shards(images, out, prefix: str = "train", shard_size=None, per_shard:
 
 def reindex(spec, out: Path | None = None, name: str = "shards") -> Path:
     """Scan the shards named by ``spec`` and write an index for them (``<folder>/<name>.index.json``)."""
-    from .checkpoint import atomic_write
+    from ..files import atomic_write
 
     paths, _ = resolve_shards(spec, "--reindex")
     parents = {p.parent.resolve() for p in paths}
