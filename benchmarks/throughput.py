@@ -34,6 +34,13 @@ SPEC_PEERS_H100 = {  # ../shared/SPEC.md, one H100, bf16, fused AdamW, batch 256
     "beit": {"eager": 1655, "compiled": 2315},
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+PEERS = ("mae", "simmim", "beit")  # methods with a transformers pretraining class
+OWN_RECIPES = {  # the others, timed as mimkit only (no transformers class to compare with)
+    "maskfeat": {"base": "maskfeat_vit_base_patch16", "tiny": "maskfeat_vit_tiny_patch4_28"},
+    "data2vec2": {"base": "data2vec2_vit_base_patch16", "tiny": "data2vec2_vit_tiny_patch4_28"},
+    "ijepa": {"base": "ijepa_vit_base_patch16", "tiny": "ijepa_vit_tiny_patch4_28"},
+    "simmim_swin": {"base": "simmim_swin_base_window6_192", "tiny": "simmim_swin_tiny_window4_32"},
+}
 
 
 def hf_model(method: str, size: str):
@@ -172,14 +179,23 @@ def worker(spec: dict) -> dict:
     device = torch.device(spec["device"])
     if device.type == "cpu":
         torch.set_num_threads(spec["threads"])
-    hf = hf_model(spec["method"], spec["size"])
-    if spec["impl"] == "mimkit":
-        model = from_hf(hf)
-        del hf
-    else:
-        model = PeerAdapter.wrap(hf, spec["method"])
-    size, patch = (224, 16) if spec["size"] == "base" else (32, 4)
-    batches = make_batches(spec["method"], (size, patch, 3), spec["batch"], device)
+    if spec["method"] in PEERS:
+        hf = hf_model(spec["method"], spec["size"])
+        if spec["impl"] == "mimkit":
+            model = from_hf(hf)
+            del hf
+        else:
+            model = PeerAdapter.wrap(hf, spec["method"])
+        size, patch = (224, 16) if spec["size"] == "base" else (32, 4)
+        batches = make_batches(spec["method"], (size, patch, 3), spec["batch"], device)
+    else:  # a method without a transformers class: mimkit's own recipe of that size, masks drawn inside
+        from mimkit.registry import create
+
+        model = create(OWN_RECIPES[spec["method"]][spec["size"]])
+        img = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
+        g = torch.Generator().manual_seed(0)
+        batches = [{"images": torch.randn(spec["batch"], model.in_chans, img, img, generator=g).to(device)}
+                   for _ in range(4)]
     if spec["method"] == "mae":
         for b in batches:
             b.pop("mask", None)
@@ -192,7 +208,7 @@ def worker(spec: dict) -> dict:
     module = MIMModule(None, optim, spec["batch"], model=model)
     module.tune_cpu_malloc = spec.get("malloc_tuning", True)  # mimkit pretrain's default; same for both
     if spec["mode"] == "compiled":
-        module.compile_model()
+        module.compile_model(device.type)
 
     total_steps = spec["warmup"] + spec["steps"]
 
@@ -276,7 +292,8 @@ def main() -> int:
     results = []
     impls = args.impls.split(",")
     runs = [(m, mode, impl, r) for m in args.methods.split(",") for mode in args.modes.split(",")
-            for r in range(repeats) for impl in (impls if r % 2 == 0 else impls[::-1])]
+            for r in range(repeats) for impl in (impls if r % 2 == 0 else impls[::-1])
+            if impl == "mimkit" or m in PEERS]
     for i, (method, mode, impl, rep) in enumerate(runs, 1):
         spec = dict(method=method, mode=mode, impl=impl, device=device, size=size, batch=batch, steps=steps,
                     warmup=warmup, threads=args.threads, repeat=rep, malloc_tuning=not args.no_malloc_tuning)
@@ -322,7 +339,11 @@ def main() -> int:
                 f" [{r['ips_range'][0]:.1f}-{r['ips_range'][1]:.1f}]" if r["n"] > 1 else ""))
             mem = lambda r: f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
             sp = f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"
-            row = f"| {method} | {mode} | {ips(a)} | {ips(b)} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
+            if method not in PEERS:  # no transformers class for this method
+                b_txt = "-"
+            else:
+                b_txt = ips(b)
+            row = f"| {method} | {mode} | {ips(a)} | {b_txt} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
             if gpu:
                 row += f" {SPEC_PEERS_H100.get(method, {}).get(mode, '-')} |"
             print(row)
