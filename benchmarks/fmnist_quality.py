@@ -285,7 +285,6 @@ def run_best(args, results, clock, out_dir, work):
 
     import mimkit
     from mimkit.eval.data import balanced_indices, dataset_labels
-
     from mimkit.eval.report import random_init_like
 
     torch.manual_seed(args.seed)

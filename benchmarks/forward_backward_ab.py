@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main() -> int:
     import torch
-
     from throughput import PeerAdapter, hf_model, make_batches
 
     from mimkit.interop.hf import from_hf

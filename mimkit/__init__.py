@@ -1,4 +1,4 @@
-"""mimkit: masked image modeling (MAE, SimMIM, BEiT, MaskFeat) on plain PyTorch modules."""
+"""mimkit: masked image modeling (MAE, SimMIM ViT/Swin, BEiT, MaskFeat, data2vec 2.0, I-JEPA) on plain PyTorch modules."""
 from .base import EncoderOutput, MIMModel, MIMOutput
 from .registry import create, list_models, register_recipe
 

@@ -9,10 +9,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import (CONFIG, OFFICIAL_GLOBALS, SAFE_GLOBALS, TRUST_HINT, WEIGHTS, UntrustedCheckpointError,
-                    YacsCfgNode, atomic_write, check_checkpoint_file, check_training_checkpoint, is_trusted,
-                    jsonable, official_globals, read_safetensors, read_torch_checkpoint, trusted_checkpoints,
-                    unsafe_globals)
+from .files import (
+    CONFIG,
+    OFFICIAL_GLOBALS,
+    SAFE_GLOBALS,
+    TRUST_HINT,
+    WEIGHTS,
+    UntrustedCheckpointError,
+    YacsCfgNode,
+    atomic_write,
+    check_checkpoint_file,
+    check_training_checkpoint,
+    is_trusted,
+    jsonable,
+    official_globals,
+    read_safetensors,
+    read_torch_checkpoint,
+    trusted_checkpoints,
+    unsafe_globals,
+)
 from .registry import build_from_config
 
 __all__ = ["CONFIG", "OFFICIAL_GLOBALS", "SAFE_GLOBALS", "TRUST_HINT", "WEIGHTS", "UntrustedCheckpointError",

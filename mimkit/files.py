@@ -12,13 +12,13 @@ refused with :class:`UntrustedCheckpointError` unless the caller opts in (``trus
 ``--trust-checkpoint``, or the :func:`trusted_checkpoints` context).
 
 This module imports nothing of mimkit; building a model from a saved config is :mod:`mimkit.checkpoint`."""
+
 from __future__ import annotations
 
 import argparse
 import collections
 import contextlib
 import contextvars
-import json
 import os
 import pickle
 import re
@@ -89,6 +89,8 @@ def official_globals(method: str | None = None) -> tuple:
 
 def _global_name(g) -> str:
     return g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+
+
 TRUST_HINT = "If you trust this file, pass --trust-checkpoint (trust_checkpoint=True in Python)."
 
 _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("mimkit_trust_checkpoint", default=False)
@@ -101,8 +103,10 @@ class UntrustedCheckpointError(ValueError):
     def __init__(self, path, names):
         self.path, self.names = Path(path), list(names)
         shown = ", ".join(self.names[:3]) + (f" and {len(self.names) - 3} more" if len(self.names) > 3 else "")
-        super().__init__(f"untrusted checkpoint {path}: it holds {shown}, not only tensors and plain containers, "
-                         f"and unpickling it could run code, so mimkit does not load it. {TRUST_HINT}")
+        super().__init__(
+            f"untrusted checkpoint {path}: it holds {shown}, not only tensors and plain containers, "
+            f"and unpickling it could run code, so mimkit does not load it. {TRUST_HINT}"
+        )
 
 
 @contextlib.contextmanager
@@ -192,8 +196,10 @@ def check_checkpoint_file(path) -> None:
     if size == 0:
         raise ValueError(f"{path} is empty (0 bytes): the write never finished. Use an earlier checkpoint.")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a complete PyTorch checkpoint ({size} bytes; truncated, or not written by "
-                         "torch.save). Use an earlier checkpoint (last.ckpt or a periodic one in checkpoints/).")
+        raise ValueError(
+            f"{path} is not a complete PyTorch checkpoint ({size} bytes; truncated, or not written by "
+            "torch.save). Use an earlier checkpoint (last.ckpt or a periodic one in checkpoints/)."
+        )
 
 
 def check_training_checkpoint(ckpt, path, resume: bool = True) -> dict:
@@ -201,16 +207,21 @@ def check_training_checkpoint(ckpt, path, resume: bool = True) -> dict:
     it must also hold the optimiser and loop state needed to continue."""
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"dict with keys {sorted(map(str, ckpt))[:6]}"
-        raise ValueError(f"{path} is not a mimkit training checkpoint (it holds a {kind}); pass a .ckpt written by "
-                         "`mimkit pretrain` (run_dir/checkpoints/last.ckpt)")
+        raise ValueError(
+            f"{path} is not a mimkit training checkpoint (it holds a {kind}); pass a .ckpt written by "
+            "`mimkit pretrain` (run_dir/checkpoints/last.ckpt)"
+        )
     if not (ckpt.get("hyper_parameters") or {}).get("model_config"):
-        raise ValueError(f"{path} is a Lightning checkpoint but not one of `mimkit pretrain` (no model_config in "
-                         "hyper_parameters)")
+        raise ValueError(
+            f"{path} is a Lightning checkpoint but not one of `mimkit pretrain` (no model_config in hyper_parameters)"
+        )
     if resume:
         missing = [k for k in ("optimizer_states", "loops") if k not in ckpt]
         if missing:
-            raise ValueError(f"{path} holds weights only (no {', '.join(missing)}), so training cannot continue from "
-                             "it; start a new run, or resume from a full checkpoint")
+            raise ValueError(
+                f"{path} holds weights only (no {', '.join(missing)}), so training cannot continue from "
+                "it; start a new run, or resume from a full checkpoint"
+            )
     return ckpt
 
 
@@ -236,8 +247,10 @@ def read_torch_checkpoint(path, mmap: bool = False, trust_checkpoint: bool = Fal
     except Exception as e:  # torch raises many types for corrupt files
         error = e
     reason = f"{type(error).__name__}: {_first_line(error)}"
-    unreadable = ValueError(f"{path} is not a readable PyTorch checkpoint ({reason}); the file is truncated or not "
-                            "a checkpoint. Use an earlier checkpoint (e.g. last.ckpt or a periodic one).")
+    unreadable = ValueError(
+        f"{path} is not a readable PyTorch checkpoint ({reason}); the file is truncated or not "
+        "a checkpoint. Use an earlier checkpoint (e.g. last.ckpt or a periodic one)."
+    )
     unreadable.reason = reason  # for callers that word their own message
     raise unreadable from None
 

@@ -5,8 +5,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimkit.masking import (BlockMasking, CenterMasking, ExplicitMasking, RandomMasking, SimMIMMasking,
-                            build_masking, mask_to_noise, random_masking, shuffle_ids)
+from mimkit.masking import (
+    BlockMasking,
+    CenterMasking,
+    ExplicitMasking,
+    RandomMasking,
+    SimMIMMasking,
+    build_masking,
+    mask_to_noise,
+    random_masking,
+    shuffle_ids,
+)
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True)
 ratios = st.floats(min_value=0.01, max_value=0.99)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import lightning  # noqa: F401  (import before any output capture)
 import torch
-from conftest import sigkill_at_marker
 from safetensors.torch import load_file
+
+from conftest import sigkill_at_marker
 
 TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
         "model.decoder_depth=1", "model.decoder_num_heads=2", "data.limit=128", "data.batch_size=16",

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import mimkit
-from mimkit.files import UntrustedCheckpointError, read_torch_checkpoint, trusted_checkpoints
 from mimkit.cli import main
+from mimkit.files import UntrustedCheckpointError, read_torch_checkpoint, trusted_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).parent / "fixtures" / "v0_1"

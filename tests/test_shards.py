@@ -17,9 +17,9 @@ import lightning  # noqa: F401  (import before any output capture)
 import numpy as np
 import pytest
 import torch
-from conftest import sigkill_at_marker
 from PIL import Image
 
+from conftest import sigkill_at_marker
 from mimkit.cli import main
 from mimkit.data import SafeImageFolder, load_fashion_mnist, pretrain_transform
 from mimkit.data.shards import ShardImages, ShardWindowOrder, write_shards

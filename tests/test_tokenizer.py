@@ -6,8 +6,17 @@ import torch
 
 import mimkit
 from mimkit.cli import main
-from mimkit.tokenizer import (DALLEEncoder, DiscreteVAE, codebook_stats, load_dalle_encoder, load_tokenizer,
-                              map_pixels, perplexity_from_counts, psnr, unmap_pixels)
+from mimkit.tokenizer import (
+    DALLEEncoder,
+    DiscreteVAE,
+    codebook_stats,
+    load_dalle_encoder,
+    load_tokenizer,
+    map_pixels,
+    perplexity_from_counts,
+    psnr,
+    unmap_pixels,
+)
 
 
 def tiny(**kw):

@@ -11,8 +11,8 @@ from mimkit.commands import add_trust_flag
 
 
 def register(sub) -> None:
-    from mimkit.eval.data import CHECKPOINT_HELP, DATA_HELP, LABELS_PER_CLASS_HELP
     from mimkit.eval import FINETUNE_DEFAULTS as D
+    from mimkit.eval.data import CHECKPOINT_HELP, DATA_HELP, LABELS_PER_CLASS_HELP
 
     p = sub.add_parser("finetune", help="fine-tune an encoder + linear head (layer decay, drop path, mixup)",
                        description="Fine-tune a pretrained encoder with a new linear head and report test accuracy.")

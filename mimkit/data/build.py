@@ -1,6 +1,7 @@
 """The one place that turns a ``data:`` config into a dataset: Fashion-MNIST, an image folder, WebDataset
 shards or a Hugging Face dataset (:func:`build_dataset`), the held-out validation set
 (:func:`build_val_dataset`), row limits and held-out rows, and each source's default statistics."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,13 @@ def build_dataset(cfg: dict, split: str = "train", train_transform: bool = True)
         if limit:
             images, labels = images[: int(limit)], labels[: int(limit)]
         if train_transform and cfg.get("batch_augment", True):  # uint8 in memory, augmented batch-wise
-            return TensorImages(images, labels, batch_transform=BatchAugment(
-                size, mean, std, cfg.get("crop_scale", (0.2, 1.0)), hflip=cfg.get("hflip", True)))
+            return TensorImages(
+                images,
+                labels,
+                batch_transform=BatchAugment(
+                    size, mean, std, cfg.get("crop_scale", (0.2, 1.0)), hflip=cfg.get("hflip", True)
+                ),
+            )
         return TensorImages(images, labels, tf)
     if name == "image_folder":
         root = cfg.get("root") or ""
@@ -77,8 +83,9 @@ def source_dataset(cfg: dict, split: str = "train", transform=None, encoded: boo
         from .hf_dataset import HFImages
 
         sp = (cfg.get("split") or "train") if split == "train" else split
-        return HFImages(cfg.get("path") or "", sp, cfg.get("image_column") or "image", transform, in_chans,
-                        on_error, encoded)
+        return HFImages(
+            cfg.get("path") or "", sp, cfg.get("image_column") or "image", transform, in_chans, on_error, encoded
+        )
     raise ValueError(f"data.name={name} is not a shard or Hugging Face source")
 
 
@@ -101,8 +108,10 @@ def held_out_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     ones drawn with ``seed`` (the same on every process and every run; both lists sorted)."""
     k = int(round(float(fraction) * n))
     if not 1 <= k < n:
-        raise ValueError(f"data.val_fraction={fraction} of {n} images holds out {k}; choose a fraction that keeps at "
-                         "least one image on each side")
+        raise ValueError(
+            f"data.val_fraction={fraction} of {n} images holds out {k}; choose a fraction that keeps at "
+            "least one image on each side"
+        )
     g = torch.Generator().manual_seed(mix_seed(seed, 0x7A1))
     perm = torch.randperm(n, generator=g)
     return sorted(perm[k:].tolist()), sorted(perm[:k].tolist())

@@ -1,5 +1,6 @@
 """Fashion-MNIST: the idx files from Debian's package, a configured path or torchvision's download,
 decoded once per process; its class names and pixel statistics."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,18 @@ FMNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                  "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 HOW_TO_GET_FMNIST = (
     "Fashion-MNIST was not found. Get it with one of:\n"
@@ -38,7 +49,7 @@ def _read_idx(path: Path) -> np.ndarray:
     ndim = magic & 0xFF
     if magic >> 8 != 0x08 or ndim not in (1, 3):
         raise ValueError(f"{path} is not an idx file of unsigned bytes (magic {magic:#x})")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {arr.size}")
@@ -46,8 +57,12 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find_file(d: Path, stem: str) -> Path | None:
-    for cand in (d / stem, d / f"{stem}.gz", d / "FashionMNIST" / "raw" / stem,
-                 d / "FashionMNIST" / "raw" / f"{stem}.gz"):
+    for cand in (
+        d / stem,
+        d / f"{stem}.gz",
+        d / "FashionMNIST" / "raw" / stem,
+        d / "FashionMNIST" / "raw" / f"{stem}.gz",
+    ):
         if cand.exists():
             return cand
     return None

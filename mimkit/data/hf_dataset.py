@@ -15,7 +15,6 @@ the raw bytes to the device decoder. A ``label`` column (integers or a ``ClassLa
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Shared image helpers of every reader: decoding to ``in_chans`` channels (:func:`load_image`), file bytes
 as a tensor for the device decoder (:func:`bytes_tensor`), error text without buffer reprs, and
 :class:`SafeImageFolder` (an ImageFolder that converts every image and skips unreadable ones)."""
+
 from __future__ import annotations
 
 import re
@@ -69,13 +70,15 @@ class SafeImageFolder(Dataset):
             except FileNotFoundError:
                 samples, classes = [], []
         else:  # a flat folder of images: one class
-            samples = [(str(f), 0) for f in sorted(root.iterdir())
-                       if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS]
+            samples = [
+                (str(f), 0) for f in sorted(root.iterdir()) if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS
+            ]
             classes = [root.name]
         if not samples:
             raise FileNotFoundError(
                 f"no image files under {root}: put images ({', '.join(IMG_EXTENSIONS[:5])}, ...) in it, or one "
-                "sub-folder per class (root/class_x/xxx.png), and point data.root at it")
+                "sub-folder per class (root/class_x/xxx.png), and point data.root at it"
+            )
         self.samples, self.classes = samples, classes
         self.transform, self.in_chans, self.on_error = transform, in_chans, on_error
         self.bad: set[str] = set()
@@ -95,15 +98,22 @@ class SafeImageFolder(Dataset):
                 break
             except Exception as e:
                 if self.on_error == "raise":
-                    raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} "
-                                     "(remove or fix the file, or set data.on_error=skip)") from None
+                    raise ValueError(
+                        f"cannot read image {path}: {type(e).__name__}: {e} "
+                        "(remove or fix the file, or set data.on_error=skip)"
+                    ) from None
                 if path not in self.bad:
                     self.bad.add(path)
-                    warnings.warn(f"skipping unreadable image {path} ({type(e).__name__}: {e}); "
-                                  f"{len(self.bad)} of {n} images skipped so far", stacklevel=2)
+                    warnings.warn(
+                        f"skipping unreadable image {path} ({type(e).__name__}: {e}); "
+                        f"{len(self.bad)} of {n} images skipped so far",
+                        stacklevel=2,
+                    )
         else:
-            raise ValueError(f"none of the {n} images under the data folder can be read "
-                             f"(e.g. {sorted(self.bad)[:3]}); check the files")
+            raise ValueError(
+                f"none of the {n} images under the data folder can be read "
+                f"(e.g. {sorted(self.bad)[:3]}); check the files"
+            )
         if self.transform is not None:
             img = self.transform(img)
         return img, label

@@ -1,5 +1,6 @@
 """Seeds: :func:`mix_seed` combines integers (seed, epoch, rank, step...) into one well-mixed seed, the
 same on every process; the data order, the held-out rows and the training loop draw from it."""
+
 from __future__ import annotations
 
 _MASK64 = (1 << 64) - 1

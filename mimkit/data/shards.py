@@ -49,7 +49,6 @@ from torch.utils.data import Dataset
 from .images import SafeImageFolder, bytes_tensor, error_text, load_image
 from .seeds import mix_seed
 
-
 INDEX_SUFFIX = ".index.json"
 INDEX_KIND = "wids-shard-index-v1"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")

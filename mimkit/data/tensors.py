@@ -1,5 +1,6 @@
 """In-memory images (:class:`TensorImages`) and whole batches assembled by the dataset
 (:class:`PreCollated`, :func:`collate`, :class:`BatchedSamples`)."""
+
 from __future__ import annotations
 
 import torch

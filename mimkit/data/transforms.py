@@ -1,5 +1,6 @@
 """The MAE augmentation and the evaluation transform: torchvision's per image, :class:`BatchAugment`
 on whole uint8 batches from per-item seeds (:func:`seeded_uniforms`); ImageNet's pixel statistics."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def seeded_uniforms(seeds, n: int) -> torch.Tensor:
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
 
 
-def random_resized_crop_boxes(u: torch.Tensor, h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
-                              tries: int = 10) -> torch.Tensor:
+def random_resized_crop_boxes(
+    u: torch.Tensor, h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), tries: int = 10
+) -> torch.Tensor:
     """torchvision's ``RandomResizedCrop.get_params`` for a batch, from uniforms ``u`` (N, 4 * tries):
     up to ``tries`` (area, log-aspect) draws, the first box that fits is taken, else the centre crop
     clamped to ``ratio``. Returns (N, 4) float64 boxes (top, left, height, width)."""
@@ -97,9 +99,12 @@ def pretrain_transform(img_size: int, mean, std, crop_scale=(0.2, 1.0), hflip: b
     """MAE augmentation on uint8 tensors or PIL images: RandomResizedCrop(bicubic) + flip + normalise."""
     from torchvision.transforms import InterpolationMode, v2
 
-    t = [v2.ToImage(),
-         v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=InterpolationMode.BICUBIC,
-                              antialias=True)]
+    t = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(
+            img_size, scale=tuple(crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True
+        ),
+    ]
     if hflip:
         t.append(v2.RandomHorizontalFlip())
     t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
@@ -110,10 +115,12 @@ def eval_transform(img_size: int, mean, std, resize: int | None = None):
     """Resize (shorter side) + centre crop + normalise, for features and evaluation."""
     from torchvision.transforms import InterpolationMode, v2
 
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize or img_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(img_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize or img_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(img_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )

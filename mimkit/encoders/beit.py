@@ -31,8 +31,14 @@ from timm.models.beit import Block, RelativePositionBias, gen_relative_position_
 from torch import nn
 
 from ..base import EncoderOutput
-from ..ops import (check_image_size, init_trunc_normal_, rescale_residual_branches_, resize_pos_embed,
-                   resize_rel_pos_table, to_2tuple)
+from ..ops import (
+    check_image_size,
+    init_trunc_normal_,
+    rescale_residual_branches_,
+    resize_pos_embed,
+    resize_rel_pos_table,
+    to_2tuple,
+)
 from .base import MaskedEncoder
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
@@ -26,9 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .classifier import Classifier, layer_decay_param_groups, set_drop_path
-
 from . import FINETUNE_DEFAULTS  # noqa: F401  (re-exported)
+from .classifier import Classifier, layer_decay_param_groups, set_drop_path
 
 
 class FinetuneModule(L.LightningModule):

@@ -148,7 +148,7 @@ def load_report_data(data: str, model, *, test_fraction: float = 0.2, seed: int 
     the model's channels, resized (shorter side) and centre-cropped to its input and normalised.
     ``limit`` / ``test_limit``: the first N Fashion-MNIST images, or N images drawn with ``seed`` from a folder."""
     from ..data import TensorImages, default_stats
-    from .data import image_transform, dataset_labels, eval_dataset, model_input, pretransform
+    from .data import dataset_labels, eval_dataset, image_transform, model_input, pretransform
 
     size, chans = model_input(model)
     fmnist = str(data) in FMNIST_NAMES
@@ -692,7 +692,7 @@ def report_markdown(report: dict) -> str:
               f"- {d['train_images']} training images, {d['test_images']} test images, {len(d['classes'])} classes: "
               + ", ".join(f"{c} ({d['train_per_class'][c]} / {d['test_per_class'][c]})" for c in d["classes"])
               + " (train / test)",
-              f"- original sizes (most common): " + ", ".join(f"{k} ({v})" for k, v in d["original_sizes"].items())
+              "- original sizes (most common): " + ", ".join(f"{k} ({v})" for k, v in d["original_sizes"].items())
               + f"; {d['original_mode']}",
               f"- as the encoder receives them ({d['encoder_input']}): {d['preprocessing']}"]
     if d.get("skipped_unreadable"):
@@ -784,7 +784,7 @@ def plot_neighbours(data: ReportData, enc_feats: tuple, raw_feats: tuple, name: 
                     seed: int = 0, k: int = 8) -> Path:
     """``neighbours.png``: ``n`` test images, each with its ``k`` nearest training images under the
     encoder and under raw pixels; wrong-class neighbours get a red frame."""
-    from ..viz import pyplot, denormalize
+    from ..viz import denormalize, pyplot
 
     plt = pyplot()
     ytr, yte = data.train.labels, data.test.labels

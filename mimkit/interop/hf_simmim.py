@@ -12,7 +12,6 @@ timm's ``downsample`` at the *start* of stage ``i+1``; ``swin.layernorm`` -> ``e
 """
 from __future__ import annotations
 
-
 from ..registry import create
 from .keymap import copy_keys, embedding_keys, load_exact, norm_keys, normalize_hf_keys, vit_layer_keys
 

@@ -67,8 +67,8 @@ def load_tokenizer(path, trust_checkpoint: bool = False, **dalle_kwargs):
         if is_dalle_pytorch_state_dict(sd):
             return load_dalle_pytorch_dvae(sd, **dalle_kwargs)
         return load_dalle_encoder(sd, **dalle_kwargs)
-    from ..files import WEIGHTS
     from ..checkpoint import load_model
+    from ..files import WEIGHTS
 
     if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model" / WEIGHTS).exists():
         path = path / "model"  # a run directory of `mimkit tokenizer train`

@@ -3,8 +3,8 @@ tokenizer train``), the DALL-E encoder and BEiT's DALLE-pytorch dVAE (for ``mimk
 of an imported tokenizer). Imported by the registry with the method modules."""
 from __future__ import annotations
 
-from ..registry import register_builder, register_options, register_recipe
 from ..methods.beit import BEIT_TOKENIZER_OPTIONS
+from ..registry import register_builder, register_options, register_recipe
 from . import tokenizer_options
 from .dalle import DALLEEncoder
 from .dalle_pytorch import DallePytorchDVAE

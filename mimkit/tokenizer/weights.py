@@ -1,5 +1,6 @@
 """Weights files of the tokenizers mimkit reads but does not train (the DALL-E encoder, BEiT's
 DALLE-pytorch dVAE): a state dict from safetensors or from a PyTorch pickle read safely."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,9 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..files import atomic_write
-
 from ..checkpoint import save_model
+from ..files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

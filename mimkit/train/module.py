@@ -7,7 +7,6 @@ import lightning as L
 import torch
 
 from ..files import jsonable
-
 from ..registry import build_from_config
 from .loader import mix_seed
 

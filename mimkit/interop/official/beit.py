@@ -24,8 +24,18 @@ import warnings
 import torch
 
 from ..keymap import copy_keys, load_exact, norm_keys
-from .common import (count, fill_missing, heads, place_pos_embed, read_official, rel_table_window,
-                     resize_rel_pos_table_reference, square_side, target_size, tensors)
+from .common import (
+    count,
+    fill_missing,
+    heads,
+    place_pos_embed,
+    read_official,
+    rel_table_window,
+    resize_rel_pos_table_reference,
+    square_side,
+    target_size,
+    tensors,
+)
 
 _BLOCK = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.q_bias", "attn.v_bias",
           "attn.relative_position_bias_table", "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",

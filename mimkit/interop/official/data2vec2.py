@@ -29,7 +29,7 @@ import warnings
 import torch
 
 from ..keymap import copy_keys, load_exact, norm_keys
-from .common import count, heads, is_sincos, place_pos_embed, read_official, square_side, sub, target_size, tensors
+from .common import count, heads, is_sincos, place_pos_embed, read_official, square_side, target_size, tensors
 
 M = "modality_encoders.IMAGE."
 _BLOCK = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")

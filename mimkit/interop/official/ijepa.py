@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
-
 from ..keymap import copy_keys, load_exact, norm_keys
 from .common import count, heads, is_sincos, place_pos_embed, read_official, square_side, target_size, tensors
 

@@ -161,7 +161,6 @@ def _load_swin(sd, img_size, overrides):
     model = create("simmim_swin", **kw)
     if _stride(sd, in_chans) != model.encoder_stride:
         raise ValueError(f"decoder.0 is for stride {_stride(sd, in_chans)}, the Swin's output stride is {model.encoder_stride}")
-    own = model.state_dict()
     out = copy_keys({k: v for k, v in sd.items() if not k.endswith(_DERIVED)}, _swin_table(depths), {}, to_hf=False)
     if file_size is not None and list(size) != list(file_size):
         raise ValueError("Swin windows are fixed at construction; import at the file's size, then use mimkit.load(..., img_size=)")
