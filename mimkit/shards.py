@@ -1,21 +1,6 @@
-"""Deprecated path: moved to :mod:`mimkit.data.shards` (the data layer package). ``import mimkit.shards``
-keeps working, with a DeprecationWarning, for one release; import from ``mimkit.data.shards`` (or
-``mimkit.data``) instead."""
+"""Deprecated path of :mod:`mimkit.data.shards`: ``import mimkit.shards`` gives that module, with a
+DeprecationWarning, for one release."""
 
-from __future__ import annotations
+from .data import deprecated_alias, shards
 
-import warnings
-
-from .data import shards as _moved
-from .data.shards import *  # noqa: F401,F403
-
-warnings.warn(
-    "mimkit.shards is deprecated and goes in the next release: import from mimkit.data.shards "
-    "(e.g. from mimkit.data.shards import ShardImages, write_shards)",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name: str):
-    return getattr(_moved, name)
+deprecated_alias(__name__, shards)

@@ -158,54 +158,37 @@ def test_no_module_takes_another_modules_private_name():
 )
 def test_old_data_paths_warn_and_work(old, new, name):
     sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")) as record:
         mod = importlib.import_module(old)
-    assert getattr(mod, name) is getattr(importlib.import_module(new), name)
+    assert record[0].filename.endswith("__init__.py")  # importlib.import_module here; a plain import: its line
+    assert mod is importlib.import_module(new) and getattr(mod, name) is getattr(importlib.import_module(new), name)
+
+
+# every public name of the former mimkit/data.py
+OLD_DATA_NAMES = """DATASET_NAMES FMNIST_CLASSES FMNIST_DIRS FMNIST_FILES FMNIST_MEAN FMNIST_STD HOW_TO_GET_FMNIST
+IMAGENET_MEAN IMAGENET_STD BatchAugment BatchedSamples PreCollated SafeImageFolder TensorImages build_dataset
+build_val_dataset collate default_stats eval_transform held_out_rows limit_rows load_fashion_mnist load_image
+locate_fashion_mnist pretrain_transform random_resized_crop_boxes seeded_uniforms source_dataset take_rows""".split()
 
 
 def test_data_package_keeps_every_old_name_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        from mimkit.checkpoint import (  # noqa: F401  (the readers now live in mimkit.files)
-            UntrustedCheckpointError,
-            atomic_write,
-            read_safetensors,
-            read_torch_checkpoint,
-            trusted_checkpoints,
-        )
-        from mimkit.data import (  # noqa: F401  (the names of the former mimkit/data.py)
-            DATASET_NAMES,
-            FMNIST_CLASSES,
-            FMNIST_DIRS,
-            FMNIST_FILES,
-            FMNIST_MEAN,
-            FMNIST_STD,
-            HOW_TO_GET_FMNIST,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            BatchAugment,
-            BatchedSamples,
-            PreCollated,
-            SafeImageFolder,
-            TensorImages,
-            build_dataset,
-            build_val_dataset,
-            collate,
-            default_stats,
-            eval_transform,
-            held_out_rows,
-            limit_rows,
-            load_fashion_mnist,
-            load_image,
-            locate_fashion_mnist,
-            pretrain_transform,
-            random_resized_crop_boxes,
-            seeded_uniforms,
-            source_dataset,
-            take_rows,
-        )
-        from mimkit.train.loader import mix_seed  # noqa: F401  (now mimkit.data.seeds)
-    import mimkit.checkpoint
-    import mimkit.files
+        import mimkit.checkpoint
+        import mimkit.data
+        import mimkit.files
+        import mimkit.train.loader
 
-    assert mimkit.checkpoint.read_torch_checkpoint is mimkit.files.read_torch_checkpoint
+    assert [n for n in OLD_DATA_NAMES if not hasattr(mimkit.data, n)] == []
+    for name in (
+        "UntrustedCheckpointError",
+        "atomic_write",
+        "read_safetensors",
+        "read_torch_checkpoint",
+        "trusted_checkpoints",
+        "is_trusted",
+        "WEIGHTS",
+        "CONFIG",
+    ):  # the readers, now in mimkit.files
+        assert getattr(mimkit.checkpoint, name) is getattr(mimkit.files, name)
+    assert mimkit.train.loader.mix_seed is mimkit.data.mix_seed  # now mimkit.data.seeds

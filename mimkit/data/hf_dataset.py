@@ -15,12 +15,11 @@ the raw bytes to the device decoder. A ``label`` column (integers or a ``ClassLa
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .images import bytes_tensor, error_text, load_image
+from .images import bytes_tensor, error_text, first_readable, load_image
 
 
 def _datasets():
@@ -130,29 +129,19 @@ class HFImages(Dataset):
             raise ValueError("the image cell is empty")
         return data, label
 
+    def _decode(self, j: int):
+        data, label = self.read_bytes(j)
+        return load_image(io.BytesIO(data), self.in_chans), label
+
     def __getitem__(self, i):
         i = int(i)
         if self.encoded:
             data, label = self.read_bytes(i)
             return bytes_tensor(data), label, self.name(i)
         n = len(self)
-        for k in range(n):
-            j = (i + k) % n
-            try:
-                data, label = self.read_bytes(j)
-                img = load_image(io.BytesIO(data), self.in_chans)
-                break
-            except Exception as e:  # noqa: BLE001
-                name = self.name(j)
-                if self.on_error == "raise":
-                    raise ValueError(f"cannot read image {name}: {type(e).__name__}: {error_text(e)} "
-                                     "(fix the dataset, or set data.on_error=skip)") from None
-                if name not in self.bad:
-                    self.bad.add(name)
-                    warnings.warn(f"skipping unreadable image {name} ({type(e).__name__}: {error_text(e)}); "
-                                  f"{len(self.bad)} of {n} images skipped so far", stacklevel=2)
-        else:
-            raise ValueError(f"none of the {n} images of {self.path} can be read; check the dataset")
+        (img, label), _ = first_readable(i, n, self._decode, self.name, self.bad, self.on_error,
+                                         "fix the dataset, or set data.on_error=skip",
+                                         lambda: f"none of the {n} images of {self.path} can be read; check the dataset")
         if self.transform is not None:
             img = self.transform(img)
         return img, label

@@ -23,6 +23,29 @@ def bytes_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
+def first_readable(i: int, n: int, read, name, bad: set, on_error: str, fix: str, none_left, text=error_text):
+    """``(read(j), j)`` for the first item ``j = i, i + 1, ...`` (mod ``n``) that reads: every reader's
+    handling of unreadable images. ``on_error='skip'``: an unreadable item is replaced by the next readable
+    one, with one counted warning per item (``name(j)`` kept in ``bad``); ``'raise'``: a ValueError names
+    it, with the ``fix`` hint. ``none_left()`` is the message when none of the ``n`` items reads."""
+    for k in range(n):
+        j = (i + k) % n
+        try:
+            return read(j), j
+        except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
+            item = name(j)
+            if on_error == "raise":
+                raise ValueError(f"cannot read image {item}: {type(e).__name__}: {text(e)} ({fix})") from None
+            if item not in bad:
+                bad.add(item)
+                warnings.warn(
+                    f"skipping unreadable image {item} ({type(e).__name__}: {text(e)}); "
+                    f"{len(bad)} of {n} images skipped so far",
+                    stacklevel=3,  # the caller of the reader's __getitem__, as before
+                )
+    raise ValueError(none_left())
+
+
 def load_image(source, in_chans: int = 3):
     """Open an image (a path or a binary file object, e.g. ``io.BytesIO`` of a shard member) and convert
     it to ``in_chans`` channels the way every mimkit dataset does: 16-bit and 32-bit images scaled to
@@ -91,29 +114,17 @@ class SafeImageFolder(Dataset):
 
     def __getitem__(self, i):
         n = len(self.samples)
-        for k in range(n):  # an unreadable file is replaced by the next readable one
-            path, label = self.samples[(i + k) % n]
-            try:
-                img = self.load(path)
-                break
-            except Exception as e:
-                if self.on_error == "raise":
-                    raise ValueError(
-                        f"cannot read image {path}: {type(e).__name__}: {e} "
-                        "(remove or fix the file, or set data.on_error=skip)"
-                    ) from None
-                if path not in self.bad:
-                    self.bad.add(path)
-                    warnings.warn(
-                        f"skipping unreadable image {path} ({type(e).__name__}: {e}); "
-                        f"{len(self.bad)} of {n} images skipped so far",
-                        stacklevel=2,
-                    )
-        else:
-            raise ValueError(
-                f"none of the {n} images under the data folder can be read "
-                f"(e.g. {sorted(self.bad)[:3]}); check the files"
-            )
+        (img, label), _ = first_readable(
+            i,
+            n,
+            lambda j: (self.load(self.samples[j][0]), self.samples[j][1]),
+            lambda j: self.samples[j][0],
+            self.bad,
+            self.on_error,
+            "remove or fix the file, or set data.on_error=skip",
+            lambda: f"none of the {n} images under the data folder can be read (e.g. {sorted(self.bad)[:3]}); check the files",
+            text=str,
+        )
         if self.transform is not None:
             img = self.transform(img)
         return img, label

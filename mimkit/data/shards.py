@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import SafeImageFolder, bytes_tensor, error_text, load_image
+from .images import SafeImageFolder, bytes_tensor, error_text, first_readable, load_image
 from .seeds import mix_seed
 
 INDEX_SUFFIX = ".index.json"
@@ -366,23 +366,10 @@ class ShardImages(Dataset):
                 data = b""
             return bytes_tensor(data), int(self.label[i]), self.name(i)
         n = len(self)
-        for k in range(n):  # an unreadable sample is replaced by the next readable one
-            j = (i + k) % n
-            try:
-                img = load_image(io.BytesIO(self.read_bytes(j)), self.in_chans)
-                break
-            except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
-                name = self.name(j)
-                if self.on_error == "raise":
-                    raise ValueError(f"cannot read image {name}: {type(e).__name__}: {error_text(e)} "
-                                     "(rewrite the shard, or set data.on_error=skip)") from None
-                if name not in self.bad:
-                    self.bad.add(name)
-                    warnings.warn(f"skipping unreadable image {name} ({type(e).__name__}: {error_text(e)}); "
-                                  f"{len(self.bad)} of {n} images skipped so far", stacklevel=2)
-        else:
-            raise ValueError(f"none of the {n} images in the shards can be read (e.g. {sorted(self.bad)[:2]}); "
-                             "check the shards")
+        img, j = first_readable(i, n, lambda j: load_image(io.BytesIO(self.read_bytes(j)), self.in_chans), self.name,
+                                self.bad, self.on_error, "rewrite the shard, or set data.on_error=skip",
+                                lambda: f"none of the {n} images in the shards can be read (e.g. {sorted(self.bad)[:2]}); "
+                                        "check the shards")
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.label[j])
