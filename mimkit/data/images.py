@@ -122,7 +122,9 @@ class SafeImageFolder(Dataset):
             self.bad,
             self.on_error,
             "remove or fix the file, or set data.on_error=skip",
-            lambda: f"none of the {n} images under the data folder can be read (e.g. {sorted(self.bad)[:3]}); check the files",
+            lambda: (
+                f"none of the {n} images under the data folder can be read (e.g. {sorted(self.bad)[:3]}); check the files"
+            ),
             text=str,
         )
         if self.transform is not None:
