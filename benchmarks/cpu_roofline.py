@@ -392,6 +392,9 @@ def main(argv=None) -> int:
     p.add_argument("--shipped-peers", choices=("headline", "all"), default="headline",
                    help="which recipes also time transformers as its examples train it (eager, per-image "
                         "augmentation, foreach AdamW): the headline recipe (MAE) or all with a peer")
+    p.add_argument("--only", nargs="+", metavar="KIND:ARM",
+                   help="measure only these rows, e.g. loop:mimkit loop:transformers_as_shipped (kinds: roof, step, "
+                        "loop, profile, features, finetune)")
     p.add_argument("--out", default="results/cpu_roofline.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -403,6 +406,8 @@ def main(argv=None) -> int:
 
     def measure(kind, recipe, arms, repeats=1):
         """arms: name -> (code, impl, overrides); alternate their order over the repeats."""
+        if args.only:
+            arms = {a: v for a, v in arms.items() if f"{kind}:{a}" in args.only}
         runs = {a: [] for a in arms}
         for rep in range(repeats):
             for a in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
@@ -421,7 +426,11 @@ def main(argv=None) -> int:
         method = method_of(recipe)
         peer = method in PEER_METHODS
         rec = results["recipes"][recipe] = {"method": method}
-        roof = run_child(dict(base, kind="roof", recipe=recipe, code=new, impl="mimkit"))
+
+        def wanted(kind):
+            return not args.only or any(o.startswith(f"{kind}:") for o in args.only)
+
+        roof = run_child(dict(base, kind="roof", recipe=recipe, code=new, impl="mimkit")) if wanted("roof") else {}
         rec["roof"] = roof
         print(f"{recipe}: {roof.get('flop_per_image', 0) / 1e6:.1f} MFLOP/image, sgemm mix {roof.get('sgemm_mix')} GFLOP/s",
               flush=True)
@@ -436,10 +445,10 @@ def main(argv=None) -> int:
         rec["step"] = measure("step", recipe, step_arms)
         reps = max(args.repeats, args.headline_repeats) if recipe == RECIPES[0] else args.repeats
         rec["loop"] = measure("loop", recipe, loop_arms, reps)
-        rec["profile"] = {"before": run_child(dict(base, kind="profile", recipe=recipe, code=old, impl="mimkit", overrides=[])),
-                          "mimkit": run_child(dict(base, kind="profile", recipe=recipe, code=new, impl="mimkit",
-                                                   overrides=NEW_LOOP))}
-        if recipe in args.eval_recipes:
+        rec["profile"] = {arm: run_child(dict(base, kind="profile", recipe=recipe, code=code, impl="mimkit", overrides=o))
+                          for arm, code, o in (("before", old, []), ("mimkit", new, NEW_LOOP))
+                          if not args.only or f"profile:{arm}" in args.only}
+        if recipe in args.eval_recipes and (wanted("features") or wanted("finetune")):
             arms = {"before": (old, "mimkit", []), "mimkit": (new, "mimkit", [])}
             rec["features"] = measure("features", recipe, arms)
             rec["finetune"] = measure("finetune", recipe, arms)
