@@ -64,8 +64,8 @@ def _recipe_cfg(spec):
 
 
 def _build(spec):
-    from mimkit.train.config import model_kwargs
     from mimkit.registry import create
+    from mimkit.train.config import model_kwargs
 
     recipe, kw = model_kwargs(_recipe_cfg(spec))
     return create(recipe, **kw)
@@ -228,7 +228,6 @@ def family(name: str, ancestors: list[str]) -> str:
 def child_profile(spec):
     """Self time of one real-loop step by op family (torch.profiler over ``--profile-steps`` steps)."""
     import lightning as L
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from mimkit.train import run_pretrain

@@ -156,7 +156,7 @@ def reset_peak_rss() -> float:
     except OSError:
         pass
     with open("/proc/self/status") as f:
-        return next((int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:")), float("nan"))
+        return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), float("nan"))
 
 
 def peak_rss_mb() -> float:
@@ -300,7 +300,7 @@ def main() -> int:
         print(f"[{i}/{len(runs)}] {impl:12s} {method:7s} {mode:8s} #{rep + 1} ...", end=" ", flush=True)
         t0 = time.time()
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             err = (proc.stderr.strip().splitlines() or ["?"])[-1]
             print(f"failed: {err}")
@@ -335,9 +335,11 @@ def main() -> int:
             a, b = get("mimkit", method, mode), get("transformers", method, mode)
             fmt = (lambda r: f"{r['mfu'] * 100:.1f}%" if r and r.get("mfu") else "-") if gpu else \
                 (lambda r: f"{r['achieved_tflops']:.3f}" if r else "-")
-            ips = lambda r: ("failed" if not r else f"{r['images_per_s']:.1f}" + (
-                f" [{r['ips_range'][0]:.1f}-{r['ips_range'][1]:.1f}]" if r["n"] > 1 else ""))
-            mem = lambda r: f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
+            def ips(r):
+                return ("failed" if not r else f"{r['images_per_s']:.1f}" + (
+                            f" [{r['ips_range'][0]:.1f}-{r['ips_range'][1]:.1f}]" if r["n"] > 1 else ""))
+            def mem(r):
+                return f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
             sp = f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"
             if method not in PEERS:  # no transformers class for this method
                 b_txt = "-"

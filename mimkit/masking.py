@@ -514,6 +514,7 @@ def check_mask(mask, batch: int, grid) -> torch.Tensor:
     return mask.reshape(batch, L).bool()
 
 
+@torch.compiler.disable  # drawn eagerly under torch.compile: Python-side generators, and the same masks as eager
 def make_masks(masking: MaskGenerator, batch: int, grid, *, noise: torch.Tensor | None = None,
                mask: torch.Tensor | None = None, generator: torch.Generator | None = None, device=None,
                visible_only: bool = False, noise_masking: MaskGenerator | None = None) -> Masks:

@@ -3,15 +3,13 @@ resamples them as bicubic interpolation does, per item and independent of the ba
 loader path gives the items the per-item path gives; compiled training falls back to eager with
 the same random draws; short-sequence attention computes the same function."""
 import math
-import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mimkit
-from mimkit.data import (BatchAugment, BatchedSamples, TensorImages, collate, random_resized_crop_boxes,
-                         seeded_uniforms)
+from mimkit.data import BatchAugment, BatchedSamples, TensorImages, collate, random_resized_crop_boxes, seeded_uniforms
 
 
 def torchvision_box(u, h, w, scale, ratio):
@@ -175,3 +173,26 @@ def test_a_failing_compile_falls_back_to_eager_with_the_same_draws(monkeypatch):
     ref = module.model(x)
     assert torch.equal(out.mask, ref.mask) and torch.allclose(out.loss, ref.loss)
     assert compiled.fn is None  # later steps run eagerly without trying again
+
+
+@pytest.mark.slow
+def test_compiled_step_draws_the_eager_masks_and_loss():
+    """Masks are drawn eagerly under torch.compile (block masking is Python-side): a compiled forward
+    and backward gives the eager masks, loss and gradients."""
+    from mimkit.train.speed import compile_for_training
+
+    torch.manual_seed(0)
+    model = mimkit.create("maskfeat_vit_tiny_patch4_28", embed_dim=16, depth=1, num_heads=2).train()
+    compiled = compile_for_training(model, "cpu")
+    x = torch.randn(4, 1, 28, 28)
+    torch.manual_seed(3)
+    got = compiled(x)
+    got.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    torch.manual_seed(3)
+    ref = model(x)
+    ref.loss.backward()
+    assert torch.equal(got.mask, ref.mask)
+    assert torch.allclose(got.loss, ref.loss, atol=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, (p for p in model.parameters() if p.grad is not None)))

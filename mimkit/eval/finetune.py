@@ -132,14 +132,15 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
-             compile="auto"):
+             compile=False):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
     ``lr`` is absolute; when None it is ``blr * batch_size / 256``. ``eval_every`` > 0 also
     evaluates every that many epochs (logged as ``val/acc``). ``out_dir`` receives
     ``classifier.safetensors``, ``finetune.json`` and the Lightning CSV logs. ``compile``: true, false
-    or auto (``torch.compile`` for runs of >= 600 steps, as ``trainer.compile`` in pretraining).
+    or auto (``torch.compile`` for runs of >= 600 steps, as ``trainer.compile`` in pretraining); off by
+    default: on the tiny CPU recipes (all 50 tokens, FLOP-bound) it measured no gain (docs/speed.md).
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
