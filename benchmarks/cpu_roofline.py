@@ -43,6 +43,8 @@ RECIPES = ["mae_vit_tiny_patch4_28", "simmim_vit_tiny_patch4_28", "simmim_swin_t
            "maskfeat_vit_tiny_patch4_28", "beit_vit_tiny_patch4_28", "data2vec2_vit_tiny_patch4_28",
            "ijepa_vit_tiny_patch4_28"]
 PEER_METHODS = {"mae", "simmim", "simmim_swin", "beit"}  # methods with a transformers pretraining class
+# BEiT's config reads a trained tokenizer from runs/; speed does not depend on its weights: a fresh one
+RECIPE_OVERRIDES = {"beit_vit_tiny_patch4_28": ["model.tokenizer_path=null", "model.tokenizer_config={recipe: dvae_tiny_28}"]}
 NEW_LOOP = ["trainer.compile=true"]  # as a >= 600-step run (make demo) gets with trainer.compile=auto
 # transformers as its own examples train it (run_mae.py): eager, torchvision transforms image by image,
 # torch's default (foreach) AdamW; run in mimkit's engine so that only these choices differ
@@ -59,7 +61,7 @@ def _recipe_cfg(spec):
     over = [f"model.name={spec['recipe']}", f"run.dir={spec['tmp']}/run", "run.recon_images=0",
             "trainer.enable_progress_bar=false", f"trainer.max_steps={spec['warmup'] + spec['steps']}",
             "trainer.max_epochs=-1", "run.checkpoint_every_n_epochs=1000", "trainer.log_every_n_steps=100000",
-            *spec.get("overrides", [])]
+            *RECIPE_OVERRIDES.get(spec["recipe"], []), *spec.get("overrides", [])]
     return load_config(cfg_file if cfg_file.exists() else None, over)
 
 
