@@ -176,13 +176,14 @@ def test_a_failing_compile_falls_back_to_eager_with_the_same_draws(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_step_draws_the_eager_masks_and_loss():
+@pytest.mark.parametrize("recipe", ["maskfeat_vit_tiny_patch4_28", "ijepa_vit_tiny_patch4_28"])
+def test_compiled_step_draws_the_eager_masks_and_loss(recipe):
     """Masks are drawn eagerly under torch.compile (block masking is Python-side): a compiled forward
     and backward gives the eager masks, loss and gradients."""
     from mimkit.train.speed import compile_for_training
 
     torch.manual_seed(0)
-    model = mimkit.create("maskfeat_vit_tiny_patch4_28", embed_dim=16, depth=1, num_heads=2).train()
+    model = mimkit.create(recipe, embed_dim=16, depth=1, num_heads=2).train()
     compiled = compile_for_training(model, "cpu")
     x = torch.randn(4, 1, 28, 28)
     torch.manual_seed(3)

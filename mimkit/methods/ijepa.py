@@ -65,6 +65,7 @@ class IJEPA(MIMModel):
         self.teacher = EMATeacher(self.encoder)
         self.ema = (float(ema_momentum), float(ema_end_momentum))
 
+    @torch.compiler.disable  # masks are drawn eagerly under torch.compile (sizes vary per batch)
     def blocks(self, images: torch.Tensor, noise=None, mask=None):
         """(context ids (N, Kc), target ids (N, B, Kt), hidden mask (N, L)) for one batch."""
         n, grid = images.shape[0], self.grid(images)
