@@ -89,6 +89,18 @@ def fused_qkv(hf_attn_prefix, sd, part="weight"):
     return torch.cat([sd[f"{hf_attn_prefix}.{n}_proj.{part}"] for n in "qkv"], 0)
 
 
+def unilm_block(h: str, o: str, s: dict) -> dict:
+    """One transformer block of a transformers BEiT-style state dict ``s`` (prefix ``h``) in the unilm /
+    SimMIM layout (prefix ``o``): fused qkv weight, separate q and v biases."""
+    return {f"{o}.norm1.weight": s[f"{h}.layernorm_before.weight"], f"{o}.norm1.bias": s[f"{h}.layernorm_before.bias"],
+            f"{o}.attn.qkv.weight": fused_qkv(f"{h}.attention", s), f"{o}.attn.q_bias": s[f"{h}.attention.q_proj.bias"],
+            f"{o}.attn.v_bias": s[f"{h}.attention.v_proj.bias"],
+            f"{o}.attn.proj.weight": s[f"{h}.attention.o_proj.weight"], f"{o}.attn.proj.bias": s[f"{h}.attention.o_proj.bias"],
+            f"{o}.norm2.weight": s[f"{h}.layernorm_after.weight"], f"{o}.norm2.bias": s[f"{h}.layernorm_after.bias"],
+            f"{o}.mlp.fc1.weight": s[f"{h}.mlp.fc1.weight"], f"{o}.mlp.fc1.bias": s[f"{h}.mlp.fc1.bias"],
+            f"{o}.mlp.fc2.weight": s[f"{h}.mlp.fc2.weight"], f"{o}.mlp.fc2.bias": s[f"{h}.mlp.fc2.bias"]}
+
+
 # ---------------------------------------------------------------------------- BEiT -----------------
 def hf_beit(**kw):
     cfg = transformers.BeitConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -110,14 +122,7 @@ def beit_official_from_hf(hf) -> dict:
           "lm_head.weight": s["lm_head.weight"], "lm_head.bias": s["lm_head.bias"]}
     for i in range(hf.config.num_hidden_layers):
         h, o = f"beit.layers.{i}", f"blocks.{i}"
-        sd.update({f"{o}.gamma_1": s[f"{h}.lambda_1"], f"{o}.gamma_2": s[f"{h}.lambda_2"],
-                   f"{o}.norm1.weight": s[f"{h}.layernorm_before.weight"], f"{o}.norm1.bias": s[f"{h}.layernorm_before.bias"],
-                   f"{o}.attn.qkv.weight": fused_qkv(f"{h}.attention", s), f"{o}.attn.q_bias": s[f"{h}.attention.q_proj.bias"],
-                   f"{o}.attn.v_bias": s[f"{h}.attention.v_proj.bias"],
-                   f"{o}.attn.proj.weight": s[f"{h}.attention.o_proj.weight"], f"{o}.attn.proj.bias": s[f"{h}.attention.o_proj.bias"],
-                   f"{o}.norm2.weight": s[f"{h}.layernorm_after.weight"], f"{o}.norm2.bias": s[f"{h}.layernorm_after.bias"],
-                   f"{o}.mlp.fc1.weight": s[f"{h}.mlp.fc1.weight"], f"{o}.mlp.fc1.bias": s[f"{h}.mlp.fc1.bias"],
-                   f"{o}.mlp.fc2.weight": s[f"{h}.mlp.fc2.weight"], f"{o}.mlp.fc2.bias": s[f"{h}.mlp.fc2.bias"]})
+        sd.update({f"{o}.gamma_1": s[f"{h}.lambda_1"], f"{o}.gamma_2": s[f"{h}.lambda_2"], **unilm_block(h, o, s)})
     return {k: v.clone() for k, v in sd.items()}
 
 
@@ -216,13 +221,7 @@ def test_simmim_vit_checkpoint_matches_transformers(tmp_path):
           "decoder.0.weight": s["decoder.0.weight"], "decoder.0.bias": s["decoder.0.bias"]}
     for i in range(2):  # USE_APE=True, USE_RPB=USE_SHARED_RPB=False, INIT_VALUES=None
         h, o = f"vit.layers.{i}", f"encoder.blocks.{i}"
-        sd.update({f"{o}.norm1.weight": s[f"{h}.layernorm_before.weight"], f"{o}.norm1.bias": s[f"{h}.layernorm_before.bias"],
-                   f"{o}.attn.qkv.weight": fused_qkv(f"{h}.attention", s), f"{o}.attn.q_bias": s[f"{h}.attention.q_proj.bias"],
-                   f"{o}.attn.v_bias": s[f"{h}.attention.v_proj.bias"],
-                   f"{o}.attn.proj.weight": s[f"{h}.attention.o_proj.weight"], f"{o}.attn.proj.bias": s[f"{h}.attention.o_proj.bias"],
-                   f"{o}.norm2.weight": s[f"{h}.layernorm_after.weight"], f"{o}.norm2.bias": s[f"{h}.layernorm_after.bias"],
-                   f"{o}.mlp.fc1.weight": s[f"{h}.mlp.fc1.weight"], f"{o}.mlp.fc1.bias": s[f"{h}.mlp.fc1.bias"],
-                   f"{o}.mlp.fc2.weight": s[f"{h}.mlp.fc2.weight"], f"{o}.mlp.fc2.bias": s[f"{h}.mlp.fc2.bias"]})
+        sd.update(unilm_block(h, o, s))
     sd = {k: v.clone() for k, v in sd.items()}
     model = load_official({"model": sd}, num_heads=2)  # head counts are not in the file (--set num_heads=2)
     assert model.method == "simmim" and model.encoder_stride == 4 and model.encoder.pos_embed_type == "learned"

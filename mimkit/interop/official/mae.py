@@ -16,11 +16,11 @@ state dict: standard widths use the official counts, others ``width // 64``; ove
 """
 from __future__ import annotations
 
-import math
-import re
 import warnings
 
 import torch
+
+from .common import count, square_side
 
 _HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official encoder head counts by width
 _DEC_HEADS = {512: 16}
@@ -47,38 +47,24 @@ def _read(path_or_sd, trust_checkpoint: bool = False, part: str | None = None) -
     return sd
 
 
-def _count(sd, prefix) -> int:
-    idx = {int(m.group(1)) for k in sd for m in [re.match(rf"{re.escape(prefix)}\.(\d+)\.", k)] if m}
-    if idx and idx != set(range(len(idx))):
-        raise ValueError(f"{prefix} indices are not contiguous: {sorted(idx)}")
-    return len(idx)
-
-
-def _grid_from(n_tokens: int, what: str) -> int:
-    side = math.isqrt(n_tokens)
-    if side * side != n_tokens:
-        raise ValueError(f"{what} has {n_tokens} patch positions, not a square grid; pass img_size=(H, W)")
-    return side
-
-
 def infer_mae_kwargs(sd: dict[str, torch.Tensor]) -> dict:
     """MAE builder arguments implied by an official state dict's shapes."""
     w = sd["patch_embed.proj.weight"]
     embed_dim, in_chans, patch = w.shape[0], w.shape[1], w.shape[-1]
     if w.shape[-1] != w.shape[-2]:
         raise ValueError(f"non-square patch {tuple(w.shape[-2:])} is not supported")
-    depth = _count(sd, "blocks")
+    depth = count(sd, "blocks")
     if depth == 0:
         raise ValueError("checkpoint has no 'blocks.{i}.*' encoder blocks")
     kw = dict(patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
               num_heads=_HEADS.get(embed_dim, max(1, embed_dim // 64)),
               mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim)
     if "pos_embed" in sd:
-        side = _grid_from(sd["pos_embed"].shape[1] - 1, "pos_embed")
+        side = square_side(sd["pos_embed"].shape[1] - 1, "pos_embed")
         kw["img_size"] = side * patch
     if "decoder_embed.weight" in sd:
         dd = sd["decoder_embed.weight"].shape[0]
-        kw.update(decoder_embed_dim=dd, decoder_depth=_count(sd, "decoder_blocks"),
+        kw.update(decoder_embed_dim=dd, decoder_depth=count(sd, "decoder_blocks"),
                   decoder_num_heads=_DEC_HEADS.get(dd, max(1, dd // 32)))
         dr = sd["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dd if kw["decoder_depth"] else kw["mlp_ratio"]
         if abs(dr - kw["mlp_ratio"]) > 1e-9:
@@ -137,7 +123,7 @@ def load_official_mae(path_or_state_dict, return_extras: bool = False, trust_che
     for key, grid_of in (("encoder.pos_embed", model.encoder.grid_size), ("decoder.decoder_pos_embed", model.decoder.grid_size)):
         if key in out and out[key].shape != own[key].shape:
             v = out[key]
-            old = _grid_from(v.shape[1] - 1, key)
+            old = square_side(v.shape[1] - 1, key)
             is_sincos = v.shape[-1] % 4 == 0 and torch.allclose(v, sincos_pos_embed_2d(v.shape[-1], (old, old)), atol=1e-5)
             out[key] = own[key] if is_sincos else resize_pos_embed(v, (old, old), grid_of)
     load_exact(model, out, "official MAE -> mimkit MAE")
