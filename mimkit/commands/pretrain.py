@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--resume", help="checkpoint or run directory to continue from (e.g. runs/<run> or "
                                     "runs/<run>/checkpoints/last.ckpt); the run's own config.yaml is reused")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--minutes", type=float, help="a wall-clock budget that is a whole schedule (trainer.max_minutes): "
+                                                  "the run times its first steps, then fixes warm-up + cosine to end at it")
     add_trust_flag(p)
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=run)
@@ -21,9 +23,12 @@ def run(args) -> int:
     from mimkit.train.config import load_config
     from mimkit.train.run import config_from_checkpoint, run_pretrain
 
+    overrides = list(args.overrides or [])
+    if args.minutes is not None:
+        overrides.append(f"trainer.max_minutes={args.minutes}")
     if args.resume:
-        cfg = config_from_checkpoint(args.resume, args.overrides)
+        cfg = config_from_checkpoint(args.resume, overrides)
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     run_pretrain(cfg, resume=args.resume)
     return 0

@@ -53,6 +53,7 @@ DEFAULTS: dict = {
         "strategy": "auto",  # ddp, fsdp (wraps every transformer block), or any Lightning strategy name
         "fsdp_sharding": "FULL_SHARD",  # FSDP: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
         "activation_checkpointing": False,  # FSDP: recompute each block's activations in backward
+        "max_minutes": None,  # a wall-clock budget that is a whole schedule (mimkit.train.budget); replaces max_epochs/max_steps
         "max_time": None,  # stop (with a checkpoint) after this wall time: "DD:HH:MM:SS" or {hours: 11}
         "precision": None,  # default: bf16-mixed on GPU, 32-true on CPU
         "accumulate_grad_batches": 1,
@@ -202,7 +203,8 @@ def validate(cfg: dict) -> dict:
     should_compile(t.get("compile"), None, "cpu")  # a clear error for a value other than true/false/auto
     _num(cfg, "trainer.max_epochs", int, -1)
     _num(cfg, "trainer.max_steps", int, -1)
-    if t["max_epochs"] == -1 and t["max_steps"] == -1:
+    _num(cfg, "trainer.max_minutes", float, 0, allow_none=True, strict_low=True)
+    if t["max_epochs"] == -1 and t["max_steps"] == -1 and not t.get("max_minutes"):
         raise ValueError("trainer.max_epochs and trainer.max_steps are both -1 (endless); set one of them")
     _num(cfg, "optim.lr", float, 0, allow_none=True, strict_low=True)
     _num(cfg, "optim.blr", float, 0, strict_low=True)

@@ -136,9 +136,11 @@ class MIMModule(L.LightningModule):
         per_epoch = self.steps_per_epoch_hint or total / max(1, self.trainer.max_epochs or 1)
         warmup = min(total, int(round(float(o.get("warmup_epochs", 0)) * per_epoch)))
         min_ratio = float(o.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
+        # read at every step: a budget run (trainer.max_minutes, mimkit.train.budget) fixes them once it
+        # has timed its first steps
+        self.total_steps, self.warmup_steps = total, warmup
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
-        self.total_steps = total
+            opt, lambda s: warmup_cosine(s, self.warmup_steps, self.total_steps, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     device_augment = None  # set by run_pretrain for data.decode_on_device

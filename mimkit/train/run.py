@@ -159,8 +159,10 @@ def build_trainer(cfg: dict, run_dir: Path, extra_callbacks=(), strategy=None):
                                          save_top_k=1, enable_version_counter=False))
     loggers = [CSVLogger(str(run_dir), name="logs", version=""),
                TensorBoardLogger(str(run_dir), name="tensorboard", version="")]
+    budget = bool(t.get("max_minutes"))  # the budget callback sets max_steps once it has timed the steps
     kwargs = dict(
-        default_root_dir=str(run_dir), max_epochs=int(t["max_epochs"]), max_steps=int(t["max_steps"]),
+        default_root_dir=str(run_dir), max_epochs=-1 if budget else int(t["max_epochs"]),
+        max_steps=-1 if budget else int(t["max_steps"]),
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]),
         strategy=strategy if strategy is not None else t["strategy"],
         precision=t["precision"] or _default_precision(), accumulate_grad_batches=int(t["accumulate_grad_batches"]),
@@ -384,6 +386,7 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
 
     from .module import MIMModule
 
+    t_origin = time.time()  # a budget (trainer.max_minutes) counts from here: set-up and compiling included
     validate(cfg)
     _quiet_known_warnings()
     recipe, kw = model_kwargs(cfg)
@@ -399,6 +402,11 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     train_ds, collate_fn = training_data(d, module, seed)
     val_ds = validation_data(d, seed)
     callbacks = run_callbacks(cfg, module.model, run_dir, strategy, callbacks)
+    minutes = cfg["trainer"].get("max_minutes")
+    if minutes:  # a budget that is a whole schedule (mimkit.train.budget)
+        from .budget import BudgetSchedule
+
+        callbacks.append(BudgetSchedule(float(minutes), t_origin, run_dir))
     try:
         trainer = build_trainer(cfg, run_dir, callbacks, strategy)
     except MisconfigurationException as e:
@@ -415,9 +423,13 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
                         val_ds, d.get("shard_window"))
     module.total_steps_hint = stepping_batches(trainer, len(train_ds), int(d["batch_size"]))
     module.steps_per_epoch_hint = optimizer_steps_per_epoch(trainer, len(train_ds), int(d["batch_size"]))
-    from .speed import should_compile
+    from .speed import COMPILE_MIN_MINUTES, COMPILE_MIN_STEPS, should_compile
 
-    if should_compile(cfg["trainer"].get("compile"), module.total_steps_hint, _device_type(trainer)):
+    long_enough = module.total_steps_hint
+    if minutes:  # open-ended until the budget callback fixes the steps; compile when the budget is long
+        module.total_steps_hint = 10**9
+        long_enough = COMPILE_MIN_STEPS if float(minutes) >= COMPILE_MIN_MINUTES else 0
+    if should_compile(cfg["trainer"].get("compile"), long_enough, _device_type(trainer)):
         module.compile_model(_device_type(trainer))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume)

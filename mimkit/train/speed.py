@@ -20,6 +20,7 @@ import torch
 
 MATH_ATTENTION_MAX_TOKENS = 64  # CPU: at most this many tokens per sequence -> matmul + softmax attention
 COMPILE_MIN_STEPS = 600  # trainer.compile=auto: compile runs of at least this many optimiser steps
+COMPILE_MIN_MINUTES = 4.0  # ... or budget runs (trainer.max_minutes) of at least this many minutes
 
 
 def max_tokens(model: torch.nn.Module) -> int | None:
