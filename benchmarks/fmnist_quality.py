@@ -51,6 +51,7 @@ BEST_RECIPE = "mae_vit_tiny_patch4_28"
 ALL_METHODS = ["mae_vit_tiny_patch4_28", "simmim_vit_tiny_patch4_28", "maskfeat_vit_tiny_patch4_28",
                "beit_vit_tiny_patch4_28", "data2vec2_vit_tiny_patch4_28", "ijepa_vit_tiny_patch4_28"]
 LOW_LABELS = (60, 600)
+DEFAULT_CURVE = (7.5, 15, 30)  # the default run: about 60 minutes on 2 CPU cores
 GOALS = {"knn": 0.87, "linear": 0.88, "finetune": 0.92, "low_label_margin": 0.05}
 
 
@@ -77,9 +78,27 @@ def parse_args(argv=None):
     p.add_argument("--low-labels", type=int, nargs="*", default=list(LOW_LABELS),
                    help=f"scarce-label budgets, labels per class (default {' '.join(map(str, LOW_LABELS))})")
     p.add_argument("--pool", default="mean", choices=("cls", "mean"), help="frozen feature (both are recorded)")
+    p.add_argument("--mode", choices=("curve", "best", "all"), default=None,
+                   help="curve (the default; best when --checkpoint is given): each method at each budget of --curve, budget-true schedules, choices made on "
+                        "validation; best: one recipe with fine-tuning and the equal-time scratch ViT; all: every method "
+                        "for --minutes-per-method")
+    p.add_argument("--curve", default=",".join(map(str, DEFAULT_CURVE)),
+                   help="pretraining budgets in minutes, comma-separated (default %(default)s; the 60 and 120 minute "
+                        "points are run once and kept in results/)")
+    p.add_argument("--val-size", type=int, default=10000,
+                   help="validation split: the last N training images (default 10000); every choice is made on it")
+    p.add_argument("--finetune-budgets", default="",
+                   help="--mode curve: total minutes (comma-separated, e.g. 30,60) that pretraining + fine-tuning share, "
+                        "split as validation says is best, against the same ViT trained from scratch for the whole total")
+    p.add_argument("--pretrain-shares", default="0.5,0.75",
+                   help="the pretraining shares of a --finetune-budgets total tried on validation (default %(default)s)")
+    p.add_argument("--rerun", action="store_true", help="pretrain again even where a finished run of the same "
+                                                        "recipe, budget and settings is in the work directory")
     p.add_argument("--all-methods", action="store_true", help="pretrain every method for --minutes-per-method")
     p.add_argument("--minutes-per-method", type=float, default=10.0)
-    p.add_argument("--methods", nargs="*", help="with --all-methods: these recipes instead of all")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods or recipes (mae, data2vec2, ...): --mode curve: default mae; "
+                        "--mode all: default every method")
     p.add_argument("--curve-points", type=int, default=5, help="points per quality-vs-time line")
     p.add_argument("--curve-train", type=int, default=10000, help="training images for the curve's 20-NN")
     p.add_argument("--curve-test", type=int, default=2000, help="test images for the curve's 20-NN")
@@ -93,13 +112,45 @@ def parse_args(argv=None):
                    help="unpickle --checkpoint's .ckpt files fully even if they hold Python objects beyond tensors "
                         "(they can run code: only for files you trust; default: refuse them)")
     args = p.parse_args(argv)
+    if args.all_methods:
+        args.mode = "all"
+    args.mode = args.mode or ("best" if args.checkpoint else "curve")
+    args.methods = [recipe_of(m) for m in args.methods.split(",")] if args.methods else None
+    try:
+        args.budgets = sorted({float(b) for b in str(args.curve).split(",") if b.strip()})
+    except ValueError:
+        p.error(f"--curve takes minutes separated by commas, e.g. 7.5,15,30; got {args.curve!r}")
+    if not args.budgets or min(args.budgets) <= 0:
+        p.error(f"--curve needs positive minutes, got {args.curve!r}")
+    try:
+        args.ft_budgets = [float(b) for b in args.finetune_budgets.split(",") if b.strip()]
+        args.shares = [float(b) for b in args.pretrain_shares.split(",") if b.strip()]
+    except ValueError:
+        p.error("--finetune-budgets and --pretrain-shares take numbers separated by commas, e.g. 30,60 and 0.5,0.75")
+    if any(not 0 < f < 1 for f in args.shares) or any(b <= 0 for b in args.ft_budgets):
+        p.error("--pretrain-shares must lie strictly between 0 and 1 and --finetune-budgets must be positive")
     if args.quick:
         args.limit, args.test_limit = args.limit or 4096, args.test_limit or 1000
         args.pretrain_epochs = args.pretrain_epochs or 1
         args.finetune_epochs, args.probe_epochs, args.low_label_steps = 1, 10, 20
         args.minutes_per_method = min(args.minutes_per_method, 0.5)
         args.curve_train, args.curve_test, args.curve_points = 1000, 500, 2
+        args.val_size = min(args.val_size, 1000)
+        if args.curve == ",".join(map(str, DEFAULT_CURVE)):
+            args.budgets = [0.25, 0.5]
     return args
+
+
+def recipe_of(name: str) -> str:
+    """``mae`` -> ``mae_vit_tiny_patch4_28`` (the method's tiny CPU recipe); a recipe name stays as it is."""
+    name = name.strip()
+    for r in ALL_METHODS:
+        if name == r or name == r.split("_vit")[0]:
+            return r
+    if (ROOT / "configs" / f"{name}.yaml").exists():
+        return name
+    raise SystemExit(f"fmnist_quality: error: unknown method {name!r}; use one of "
+                     f"{', '.join(r.split('_vit')[0] for r in ALL_METHODS)} or a recipe in configs/")
 
 
 class Clock:
@@ -422,6 +473,321 @@ def run_all(args, results, clock, out_dir, work):
             f"{args.minutes_per_method:g} min per method; 20-NN on {args.curve_train} train / {args.curve_test} test images"))}
 
 
+# ---- the curve: each method at each budget, budget-true schedules, choices made on validation --------
+def curve_overrides(minutes: float, args) -> list[str]:
+    """What a curve point's pretraining adds to the recipe config: the budget (``trainer.max_minutes``,
+    a whole warm-up + cosine schedule) and the run settings; the recipe's own hyper-parameters stay."""
+    return [f"trainer.max_minutes={float(minutes)}", "run.keep_periodic=1", *args.overrides]
+
+
+def finished_budget_run(run_dir: Path, recipe: str, minutes: float, args) -> bool:
+    """Whether ``run_dir`` holds a finished budget run of ``recipe`` at ``minutes`` with the settings this
+    benchmark would use (recipe config + overrides, same seed and data), so that it need not run again."""
+    import yaml
+
+    from mimkit.train import load_config
+    from mimkit.train.budget import read_schedule
+
+    sched = read_schedule(run_dir) if run_dir.is_dir() else None
+    if not sched or sched.get("finished_at_step") != sched.get("total_steps") or not (run_dir / "model").is_dir():
+        return False
+    if float(sched.get("max_minutes", -1)) != float(minutes):
+        return False
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    ov = [f"model.name={recipe}", f"run.seed={args.seed}", *curve_overrides(minutes, args)]
+    if args.limit:
+        ov.append(f"data.limit={args.limit}")
+    want = load_config(ROOT / "configs" / f"{recipe}.yaml", ov)
+    same = lambda a, b: yaml.safe_dump(a, sort_keys=True) == yaml.safe_dump(b, sort_keys=True)  # noqa: E731
+    t_keys = lambda t: {k: v for k, v in t.items() if k != "enable_progress_bar"}  # noqa: E731
+    return (all(same(saved[k], want[k]) for k in ("model", "data", "optim")) and same(t_keys(saved["trainer"]), t_keys(want["trainer"]))
+            and saved["run"]["seed"] == want["run"]["seed"])
+
+
+def evaluate_frozen(model, train, test, args, labels_per_class=()) -> dict:
+    """Every frozen pooling the model has, from one pass over the images; pooling and probe lr chosen
+    on the validation split (:func:`mimkit.eval.selection.frozen_selected`), the test set read once per
+    protocol."""
+    from mimkit.eval.features import extract_features, frozen_pools
+    from mimkit.eval.selection import frozen_selected
+
+    pools = frozen_pools(model)
+    ftr, ytr = extract_features(model, train, pools, 512, None, 0, not args.no_progress, "train features")
+    fte, yte = extract_features(model, test, pools, 512, None, 0, not args.no_progress, "test features")
+    return frozen_selected(ftr, ytr, fte, yte, val_size=args.val_size, num_classes=10, probe_epochs=args.probe_epochs,
+                           seed=args.seed, labels_per_class=labels_per_class)
+
+
+def point_summary(ev: dict) -> dict:
+    return {"knn": ev["knn"]["test"], "linear": ev["linear"]["test"], "knn_pool": ev["knn"]["pool"],
+            "linear_pool": ev["linear"]["pool"], "linear_blr": ev["linear"]["blr"],
+            "val": {"knn": max(ev["knn"]["val"].values()), "linear": max(ev["linear"]["val"].values())}}
+
+
+def crossover(points: dict, raw: float, key: str) -> float | None:
+    """The smallest budget (minutes) whose test accuracy on ``key`` beats ``raw``, or None."""
+    for minutes in sorted(points, key=float):
+        if points[minutes].get(key) is not None and points[minutes][key] > raw:
+            return float(minutes)
+    return None
+
+
+def run_curve(args, results, clock, out_dir, work):
+    import mimkit
+    from mimkit.eval.data import balanced_indices, dataset_labels
+    from mimkit.eval.report import random_init_like
+
+    recipes = args.methods or [BEST_RECIPE]
+    for r in recipes:
+        if r.startswith("beit"):
+            raise SystemExit("fmnist_quality: error: --mode curve does not train BEiT's tokenizer inside the budget; "
+                             "use --mode all for BEiT")
+    results["curve"] = {r: v for r, v in (results.get("curve") or {}).items()}
+    init = random_init_like(recipe_model(recipes[0], args), args.seed)
+    train, test, _ = datasets(init, args)
+    labels = dataset_labels(train)
+    low = [n for n in args.low_labels if n * 10 <= len(labels) - args.val_size]
+    idx_by_n = {n: balanced_indices(labels[: len(labels) - args.val_size], n, args.seed) for n in low}
+    with clock("raw pixels: 20-NN + logistic regression"):
+        results["raw_pixels"] = raw_pixels(args, idx_by_n, init)
+        print(f"   20-NN {results['raw_pixels']['knn']:.4f}, logreg {results['raw_pixels']['logreg']:.4f}")
+    with clock("random-init encoder (pooling and probe lr chosen on validation)"):
+        ev = evaluate_frozen(init, train, test, args)
+        results["random_init"] = {**point_summary(ev), "details": ev}
+        print(f"   20-NN {ev['knn']['test']:.4f} ({ev['knn']['pool']}), linear {ev['linear']['test']:.4f} ({ev['linear']['pool']})")
+    save(results, args)
+    for recipe in recipes:
+        pts = results["curve"].setdefault(recipe, {})
+        for minutes in args.budgets:
+            key = f"{minutes:g}"
+            run_dir = budget_run(recipe, minutes, args, work, clock)
+            from mimkit.train.budget import read_schedule
+
+            sched = read_schedule(run_dir)
+            model = mimkit.load(run_dir / "model")
+            with clock(f"{recipe} at {minutes:g} min: 20-NN + linear probe, all and {', '.join(map(str, low))} labels per class"):
+                ev = evaluate_frozen(model, train, test, args, low)
+            pts[key] = {**point_summary(ev), "steps": sched["total_steps"], "wall_minutes": sched.get("wall_minutes"),
+                        "epochs": round(sched["total_steps"] * int(model_batch(run_dir)) / len(labels), 2),
+                        "seconds_per_step": sched["seconds_per_step"], "run": str(run_dir),
+                        "low_label": {str(n): {"knn": v["knn"]["test"], "linear": v["linear"]["test"],
+                                               "val_knn": max(v["knn"]["val"].values()),
+                                               "val_linear": max(v["linear"]["val"].values())}
+                                      for n, v in ev["low_label"].items()},
+                        "details": ev}
+            print(f"   {recipe} {minutes:g} min ({sched['total_steps']} steps): 20-NN {pts[key]['knn']:.4f} "
+                  f"({pts[key]['knn_pool']}), linear {pts[key]['linear']:.4f} ({pts[key]['linear_pool']}, blr "
+                  f"{pts[key]['linear_blr']:g}); validation {pts[key]['val']['knn']:.4f} / {pts[key]['val']['linear']:.4f}")
+            finish_curve(results, args, out_dir)
+            save(results, args)
+    best = results.get("best", {}).get("recipe")
+    if best and "finetune" not in args.skip and "low_label" not in args.skip:
+        model = mimkit.load(Path(results["best"]["checkpoint"]))
+        results["scarce_finetune"] = {"recipe": best, "minutes": results["best"]["minutes"],
+                                      "low_label": scarce_finetunes(model, train, test, labels, args, clock)}
+        finish_curve(results, args, out_dir)
+        save(results, args)
+    if best and args.ft_budgets and "finetune" not in args.skip:
+        finetune_budgets(best, args, results, clock, work, train, test, labels)
+    finish_curve(results, args, out_dir)
+
+
+def recipe_model(recipe: str, args):
+    """The recipe's model as its config (and ``--overrides``) builds it, untrained."""
+    from mimkit.registry import build_from_config
+    from mimkit.train import load_config
+    from mimkit.train.config import model_kwargs
+
+    name, kw = model_kwargs(load_config(ROOT / "configs" / f"{recipe}.yaml", [f"model.name={recipe}", *args.overrides]))
+    return build_from_config({"recipe": name, **kw})
+
+
+def budget_run(recipe: str, minutes: float, args, work: Path, clock) -> Path:
+    """The run directory of ``recipe`` pretrained for ``minutes`` (budget-true), reused when finished."""
+    import shutil
+
+    import torch
+
+    run_dir = work / "curve" / f"{recipe}-{minutes:g}min"
+    if not args.rerun and finished_budget_run(run_dir, recipe, minutes, args):
+        print(f"\n== {recipe}, {minutes:g} min: a finished run of these settings is in {run_dir}; reusing it "
+              "(--rerun to pretrain again) ==", flush=True)
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with clock(f"{recipe}: pretraining, a {minutes:g}-minute budget-true schedule"):
+        torch.manual_seed(args.seed)
+        pretrain(recipe, run_dir, args, curve_overrides(minutes, args))
+    return run_dir
+
+
+def labelled_rows(labels, args):
+    """(fit rows, validation rows): the validation split is the last ``--val-size`` training images."""
+    from mimkit.eval.selection import holdout_split
+
+    return holdout_split(len(labels), args.val_size)
+
+
+def scarce_finetunes(model, train, test, labels, args, clock) -> dict:
+    """Fine-tuning on N labels per class with a schedule sized to N
+    (:func:`mimkit.eval.finetune.scarce_label_schedule`): early stopping on N held-out labelled images
+    per class from the validation split, then the test set once."""
+    from torch.utils.data import Subset
+
+    from mimkit.eval.data import balanced_indices, eval_dataset
+    from mimkit.eval.finetune import finetune, scarce_label_schedule
+
+    fit, val = labelled_rows(labels, args)
+    out = {}
+    for n in args.low_labels:
+        if n * 10 > min(len(fit), len(val)):
+            continue
+        rows = fit[balanced_indices(labels[fit], n, args.seed)]
+        vrows = val[balanced_indices(labels[val], n, args.seed)]
+        sched = scarce_label_schedule(len(rows))
+        aug, _ = eval_dataset("fashion_mnist", "train", model, train_aug=True, limit=args.limit, crop_scale=sched["crop_scale"])
+        with clock(f"fine-tune on {n} labels per class ({sched['epochs']} epochs, batch {sched['batch_size']}, "
+                   f"early stopping on {len(vrows)} held-out labelled images)"):
+            _, r = finetune(model, Subset(aug, rows.tolist()), test, 10, pool="mean", epochs=sched["epochs"],
+                            batch_size=sched["batch_size"], blr=args.finetune_blr, layer_decay=args.layer_decay,
+                            drop_path=args.drop_path, label_smoothing=args.label_smoothing,
+                            warmup_epochs=sched["warmup_epochs"], seed=args.seed, progress=not args.no_progress,
+                            val_dataset=Subset(train, vrows.tolist()), patience=sched["patience"])
+        out[str(n)] = {"finetune": r["acc"], "val": r["val_acc"], "best_epoch": r["best_epoch"],
+                       "epochs_run": len(r["val_scores"]), "schedule": {k: list(v) if isinstance(v, tuple) else v
+                                                                         for k, v in sched.items()},
+                       "minutes": round(r["fit_seconds"] / 60, 2)}
+        print(f"   {n}/class: fine-tune {r['acc']:.4f} (validation {r['val_acc']:.4f} at epoch {r['best_epoch']} of "
+              f"{len(r['val_scores'])})", flush=True)
+    return out
+
+
+def finetune_budgets(recipe: str, args, results, clock, work, train, test, labels) -> None:
+    """Pretraining + fine-tuning in one total budget (each of ``--finetune-budgets``): every pretraining
+    share of ``--pretrain-shares`` is tried, the fine-tuning (on the training images outside the
+    validation split, for the rest of the total) scored on the validation split; the best share is
+    tested once. The same ViT from scratch gets the whole total, with the same fine-tuning recipe."""
+    from torch.utils.data import Subset
+
+    import mimkit
+    from mimkit.eval.finetune import classifier_accuracy
+    from mimkit.eval.report import finetune_for_minutes, random_init_like, seconds_per_finetune_step
+
+    _, _, train_aug = datasets(recipe_model(recipe, args), args)
+    fit, val = labelled_rows(labels, args)
+    fit_aug, val_set = Subset(train_aug, fit.tolist()), Subset(train, val.tolist())
+    kw = dict(batch_size=args.finetune_batch_size, blr=args.finetune_blr, drop_path=args.drop_path,
+              label_smoothing=args.label_smoothing, pool="mean", seed=args.seed, progress=not args.no_progress,
+              keep_classifier=True)
+    sps = None
+    for total in args.ft_budgets:
+        entry = results.setdefault("finetune_budget", {}).setdefault(recipe, {}).setdefault(f"{total:g}", {"splits": {}})
+        tried = {}
+        for share in args.shares:
+            pre, ft = round(total * share, 2), round(total * (1 - share), 2)
+            model = mimkit.load(budget_run(recipe, pre, args, work, clock) / "model")
+            if sps is None:
+                with clock("fine-tuning step time"):
+                    sps = seconds_per_finetune_step(model, fit_aug, val_set, 10, batch_size=args.finetune_batch_size)
+            with clock(f"{recipe}: {pre:g} min pretraining + {ft:g} min fine-tuning (of {total:g})"):
+                r = finetune_for_minutes(model, fit_aug, val_set, 10, ft, seconds_per_step=sps, layer_decay=args.layer_decay, **kw)
+            tried[share] = r
+            entry["splits"][f"{share:g}"] = {"pretrain_minutes": pre, "finetune_minutes": r["minutes"], "val": r["acc"],
+                                             "steps": r["steps"]}
+            print(f"   validation {r['acc']:.4f}", flush=True)
+        share = max(tried, key=lambda f: tried[f]["acc"])
+        entry.update(chosen_share=share, test=classifier_accuracy(tried[share]["classifier"], test),
+                     chosen_on="validation accuracy of the fine-tuned classifier")
+        with clock(f"scratch: the same ViT, {total:g} min of fine-tuning from random init"):
+            init = random_init_like(recipe_model(recipe, args), args.seed)
+            r = finetune_for_minutes(init, fit_aug, val_set, 10, total, seconds_per_step=sps, layer_decay=1.0, **kw)
+        entry["scratch"] = {"val": r["acc"], "test": classifier_accuracy(r["classifier"], test), "minutes": r["minutes"],
+                            "steps": r["steps"], "epochs": r["epochs"]}
+        print(f"   {total:g} min: pretrain+fine-tune {entry['test']:.4f} (share {share:g}) vs scratch "
+              f"{entry['scratch']['test']:.4f}", flush=True)
+        finish_curve(results, args, None)
+        save(results, args)
+
+
+def model_batch(run_dir) -> int:
+    import yaml
+
+    return int(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["data"]["batch_size"])
+
+
+def finish_curve(results: dict, args, out_dir: Path) -> None:
+    """Crossover minutes, the issue-14 keys from the curve (``methods``, ``best`` chosen on validation,
+    ``low_label``) and ``quality_vs_time.png``."""
+    raw = results["raw_pixels"]
+    results["crossover"] = {r: {"knn": crossover(p, raw["knn"], "knn"), "linear": crossover(p, raw["logreg"], "linear")}
+                            for r, p in results["curve"].items() if p}
+    longest = {r: p[max(p, key=float)] | {"minutes": float(max(p, key=float))} for r, p in results["curve"].items() if p}
+    results["methods"] = {r: {k: v for k, v in pt.items() if k != "details"} for r, pt in longest.items()}
+    if longest:  # the best method: the highest validation linear-probe accuracy at its longest budget
+        best = max(longest, key=lambda r: longest[r]["val"]["linear"])
+        b = longest[best]
+        results["best"] = {"recipe": best, "minutes": b["minutes"], "knn": b["knn"], "linear": b["linear"],
+                           "chosen_on": "validation linear probe at the longest budget", "checkpoint": b["run"] + "/model"}
+        scarce = (results.get("scarce_finetune") or {})
+        ft = scarce.get("low_label", {}) if scarce.get("recipe") == best else {}
+        results["low_label"] = {n: {"raw_knn": raw["low_label"][n]["knn"], "raw_logreg": raw["low_label"][n]["logreg"],
+                                    "knn": v["knn"], "linear": v["linear"],
+                                    **({"finetune": ft[n]["finetune"]} if n in ft else {})}
+                                for n, v in b["low_label"].items() if n in raw.get("low_label", {})}
+    budgets = (results.get("finetune_budget") or {})
+    for recipe, per_total in budgets.items():  # issue-14 keys: the longest total budget
+        total = max(per_total, key=float)
+        e = per_total[total]
+        if recipe in results.get("methods", {}) and "test" in e:
+            results["methods"][recipe].update(finetune=e["test"], finetune_total_minutes=float(total))
+        if "scratch" in e:
+            results["scratch"] = {"finetune": e["scratch"]["test"], "minutes": e["scratch"]["minutes"],
+                                  "epochs": e["scratch"]["epochs"], "budget_minutes": float(total)}
+    if out_dir is not None:
+        results.setdefault("pictures", {})["quality_vs_time"] = str(plot_curve(results, out_dir / "quality_vs_time.png", args))
+
+
+def plot_curve(results: dict, path: Path, args) -> Path:
+    """Two panels (20-NN, linear probe): test accuracy against pretraining minutes (log axis), one line
+    per method, raw pixels and the random-init encoder as flat lines, crossovers marked."""
+    from mimkit.viz import pyplot
+
+    plt = pyplot()
+    raw, rnd = results["raw_pixels"], results.get("random_init", {})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (key, raw_key, title) in zip(axes, [("knn", "knn", "20-NN (cosine)"),
+                                               ("linear", "logreg", "linear probe (raw pixels: logistic regression)")]):
+        for recipe, pts in results["curve"].items():
+            if not pts:
+                continue
+            xs = sorted(pts, key=float)
+            line, = ax.plot([float(x) for x in xs], [pts[x][key] for x in xs], marker="o", label=recipe.split("_vit")[0])
+            c = results.get("crossover", {}).get(recipe, {}).get(key)
+            if c is not None:
+                ax.annotate(f"beats raw at {c:g} min", (c, pts[f"{c:g}"][key]), fontsize=7, color=line.get_color(),
+                            xytext=(4, -12), textcoords="offset points")
+        ax.axhline(raw[raw_key], linestyle="--", color="black", linewidth=1, label="raw pixels")
+        if rnd.get(key) is not None:
+            ax.axhline(rnd[key], linestyle=":", color="grey", linewidth=1, label="random-init encoder")
+        ax.set_xscale("log")
+        ticks = sorted({float(m) for p in results["curve"].values() for m in p})
+        if ticks:
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        ax.set_xlabel("minutes of pretraining (2 CPU cores, log scale)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Fashion-MNIST: quality against pretraining time ({results['settings']['train_images']} unlabelled "
+                 f"training images; pooling and probe lr chosen on the last {args.val_size})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def pictures(model, test, out_dir, results):
     """Reconstructions (pixel methods) and attention maps (class-token methods) of test images."""
     import torch
@@ -441,11 +807,107 @@ def pictures(model, test, out_dir, results):
         print(f"   (pictures failed: {type(e).__name__}: {e})")
 
 
+def load_previous(out: Path, settings: dict) -> dict | None:
+    """The curve points of an earlier run written to the same ``--out`` with the same data, seed and
+    validation split (the 60- and 120-minute points are run once and kept), or None."""
+    if not out.exists():
+        return None
+    try:
+        old = json.loads(out.read_text())
+    except ValueError:
+        return None
+    same = all(old.get("settings", {}).get(k) == settings[k] for k in ("train_images", "test_images", "seed", "val_size"))
+    return old.get("curve") if same and old.get("settings", {}).get("mode") == "curve" else None
+
+
 def save(results, args):
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))
 
 
+def curve_table(results: dict, args) -> str:
+    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    raw, rnd = results["raw_pixels"], results.get("random_init", {})
+    lows = sorted(raw.get("low_label", {}), key=int)
+    head = ("encoder", "minutes", "steps (epochs)", "20-NN", "linear", "val 20-NN / linear",
+            *[f"{n}/class 20-NN / linear" for n in lows])
+    rows = [("raw pixels", "-", "-", f(raw["knn"]), f(raw["logreg"]) + " (logreg)", "-",
+             *[f"{f(raw['low_label'][n]['knn'])} / {f(raw['low_label'][n]['logreg'])}" for n in lows])]
+    if rnd:
+        rows.append(("random-init encoder", "0", "-", f(rnd["knn"]), f(rnd["linear"]),
+                     f"{f(rnd['val']['knn'])} / {f(rnd['val']['linear'])}", *["-" for _ in lows]))
+    for recipe, pts in results["curve"].items():
+        for m in sorted(pts, key=float):
+            p = pts[m]
+            rows.append((recipe.split("_vit")[0], m, f"{p['steps']} ({p['epochs']:g})", f"{f(p['knn'])} ({p['knn_pool']})",
+                         f"{f(p['linear'])} ({p['linear_pool']})", f"{f(p['val']['knn'])} / {f(p['val']['linear'])}",
+                         *[f"{f(p['low_label'][n]['knn'])} / {f(p['low_label'][n]['linear'])}" if n in p["low_label"] else "-"
+                           for n in lows]))
+    longest = max((float(m) for p in results["curve"].values() for m in p), default=0)
+    cross = [f"- {r.split('_vit')[0]}: 20-NN " + (f"beats raw pixels from {c['knn']:g} min" if c["knn"] is not None
+                                                 else f"not within {longest:g} min")
+             + "; linear " + (f"from {c['linear']:g} min" if c["linear"] is not None else f"not within {longest:g} min")
+             for r, c in results.get("crossover", {}).items()]
+    extra = []
+    sc = results.get("scarce_finetune")
+    if sc and sc.get("low_label"):
+        extra += ["", f"Scarce labels, fine-tuned ({sc['recipe'].split('_vit')[0]} at {sc['minutes']:g} min; schedule sized to "
+                      "the labels, early stopping on as many held-out labelled images):", "",
+                  md_table(("labels per class", "fine-tune", "validation", "best epoch / run", "minutes"),
+                           [(n, f(v["finetune"]), f(v["val"]), f"{v['best_epoch']} / {v['epochs_run']}", f"{v['minutes']:.1f}")
+                            for n, v in sc["low_label"].items()])]
+    fb = results.get("finetune_budget")
+    if fb:
+        rows_fb = []
+        for recipe, per_total in fb.items():
+            for total, e in sorted(per_total.items(), key=lambda kv: float(kv[0])):
+                if "test" not in e:
+                    continue
+                splits = ", ".join(f"{k}: {f(v['val'])}" for k, v in e["splits"].items())
+                rows_fb.append((recipe.split("_vit")[0], total, f"{e['chosen_share']:g}", splits, f(e["test"]),
+                                f(e["scratch"]["val"]), f(e["scratch"]["test"])))
+        extra += ["", "Pretraining + fine-tuning in one total budget (pretraining share chosen on validation) against the "
+                      "same ViT from scratch for the whole total:", "",
+                  md_table(("recipe", "total min", "share", "validation by share", "test", "scratch validation",
+                            "scratch test"), rows_fb)]
+    extra += ["", *goal_lines(results)]
+    return "\n".join([md_table(head, rows), "", "Crossover (the first budget whose test accuracy beats raw pixels):", "",
+                      *cross, *extra, "", f"Fashion-MNIST test set, {results['settings']['test_images']} images; pretraining on "
+                      f"{results['settings']['train_images']} unlabelled training images with budget-true schedules "
+                      f"(trainer.max_minutes); pooling (in brackets) and probe lr chosen on the last {args.val_size} training "
+                      f"images, then fitted on all of them; the test set read once per protocol. Wall time "
+                      f"{results.get('wall_minutes', 0):.1f} min on {results['settings']['threads']} threads."])
+
+
+def goal_lines(results: dict) -> list[str]:
+    """Where the best method stands against issue 21's goals and the moonshot (distances in points)."""
+    raw, best = results["raw_pixels"], results.get("best")
+    if not best:
+        return []
+    pts = lambda v: f"{100 * v:+.1f} points"  # noqa: E731
+    lines = [f"Goals, for the best method on validation ({best['recipe'].split('_vit')[0]} at {best['minutes']:g} min):", "",
+             f"- linear probe {best['linear']:.4f} vs goal {raw['logreg'] + 0.02:.4f} (raw logreg + 2 points): "
+             f"{pts(best['linear'] - raw['logreg'] - 0.02)}; moonshot 0.88: {pts(best['linear'] - GOALS['linear'])}",
+             f"- 20-NN {best['knn']:.4f} vs raw pixels {raw['knn']:.4f}: {pts(best['knn'] - raw['knn'])}; moonshot 0.87: "
+             f"{pts(best['knn'] - GOALS['knn'])}"]
+    low = results.get("low_label", {}).get("60")
+    if low:
+        ours = max(v for k, v in low.items() if k in ("knn", "linear", "finetune"))
+        theirs = max(low["raw_knn"], low["raw_logreg"])
+        lines.append(f"- 60 labels per class: best protocol {ours:.4f} vs raw pixels' best {theirs:.4f}: {pts(ours - theirs)}; "
+                     f"moonshot +5 points: {pts(ours - theirs - GOALS['low_label_margin'])}")
+    ft = results.get("methods", {}).get(best["recipe"], {}).get("finetune")
+    if ft is not None and "scratch" in results:
+        lines.append(f"- pretraining + fine-tuning in {results['scratch']['budget_minutes']:g} min {ft:.4f} vs scratch "
+                     f"{results['scratch']['finetune']:.4f}: {pts(ft - results['scratch']['finetune'])}; moonshot 0.92: "
+                     f"{pts(ft - GOALS['finetune'])}")
+    else:
+        lines.append("- pretraining + fine-tuning against scratch: not measured in this run (--finetune-budgets)")
+    return lines
+
+
 def table(results: dict, args) -> str:
+    if results["settings"].get("mode") == "curve":
+        return curve_table(results, args)
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     raw, rnd = results.get("raw_pixels", {}), results.get("random_init", {})
     rows = [("raw pixels", f(raw.get("knn")), f(raw.get("logreg")) + " (logistic regression)", "-", "-"),
@@ -522,15 +984,21 @@ def main(argv=None) -> int:
     clock = Clock()
     n_train = min(60000, args.limit or 60000)
     results: dict = {"settings": {
-        "mode": "all_methods" if args.all_methods else "best", "recipe": args.recipe, "seed": args.seed,
+        "mode": {"all": "all_methods"}.get(args.mode, args.mode), "recipe": args.recipe, "seed": args.seed,
+        "val_size": args.val_size if args.mode == "curve" else None,
         "train_images": n_train, "test_images": min(10000, args.test_limit or 10000), "pool": args.pool,
         "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "finetune": {"epochs": args.finetune_epochs, "batch_size": args.finetune_batch_size, "blr": args.finetune_blr,
                      "layer_decay": args.layer_decay, "drop_path": args.drop_path,
                      "label_smoothing": args.label_smoothing, "crop_scale": list(args.finetune_crop_scale)},
-        "minutes_per_method": args.minutes_per_method if args.all_methods else None, "quick": args.quick},
+        "minutes_per_method": args.minutes_per_method if args.mode == "all" else None, "quick": args.quick},
         "wall_seconds": clock.times}
-    if args.all_methods:
+    if args.mode == "curve":
+        previous = load_previous(out, results["settings"])
+        if previous:
+            results["curve"] = previous
+        run_curve(args, results, clock, out_dir, work)
+    elif args.mode == "all":
         run_all(args, results, clock, out_dir, work)
     else:
         run_best(args, results, clock, out_dir, work)

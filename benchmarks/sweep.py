@@ -1,10 +1,14 @@
 """Recipe sweep on Fashion-MNIST: pretrain each configuration of a sweep file, then judge its encoder by
-20-NN and a linear probe on the full 60k/10k split (both poolings), one configuration at a time.
+20-NN and a linear probe, one configuration at a time. Every choice is made on a validation split, the
+last ``--val-size`` (10k) of the 60k training images: the pooling of each run (cls, mean, both, last 4
+blocks) and probe lr, and the winning run. The test set is read once per run with the settings chosen
+(:func:`mimkit.eval.selection.frozen_selected`), and the table shows validation and test side by side.
 
-A sweep file (YAML) lists runs, each a name, a config (``configs/<recipe>.yaml``) and dotted overrides::
+A sweep file (YAML) lists runs, each a name, a config (``configs/<recipe>.yaml``), dotted overrides and
+optionally ``minutes`` (a budget-true schedule, ``trainer.max_minutes``)::
 
     runs:
-      - {name: mae_blr1.5e-3, config: configs/mae_vit_tiny_patch4_28.yaml, overrides: [optim.blr=1.5e-3]}
+      - {name: mae_blr1.5e-3, config: configs/mae_vit_tiny_patch4_28.yaml, minutes: 10, overrides: [optim.blr=1.5e-3]}
 
 Results are appended to ``--out`` (JSON lines: one per run, so an interrupted sweep keeps what it
 finished and ``--skip-done`` resumes it) and the table of all finished runs is printed and written beside
@@ -27,17 +31,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def run_one(run: dict, work: Path, progress: bool) -> dict:
+def run_one(run: dict, work: Path, progress: bool, val_size: int) -> dict:
     import mimkit
     from mimkit.eval.data import eval_dataset
-    from mimkit.eval.features import extract_features, has_cls_token
-    from mimkit.eval.knn import knn_accuracy
-    from mimkit.eval.linear import fit_linear_probe
+    from mimkit.eval.features import extract_features, frozen_pools
+    from mimkit.eval.selection import frozen_selected
     from mimkit.train import load_config, run_pretrain
 
     run_dir = work / run["name"]
     cfg_file = ROOT / run["config"] if not Path(run["config"]).is_absolute() else Path(run["config"])
-    cfg = load_config(cfg_file, [*run.get("overrides", []), f"run.dir={run_dir}", "run.recon_images=0",
+    budget = [f"trainer.max_minutes={float(run['minutes'])}"] if run.get("minutes") else []
+    cfg = load_config(cfg_file, [*run.get("overrides", []), *budget, f"run.dir={run_dir}", "run.recon_images=0",
                                  f"trainer.enable_progress_bar={progress}", "run.keep_periodic=1"])
     t0 = time.time()
     run_pretrain(cfg)
@@ -45,26 +49,43 @@ def run_one(run: dict, work: Path, progress: bool) -> dict:
     model = mimkit.load(run_dir / "model")
     train, _ = eval_dataset("fashion_mnist", "train", model)
     test, _ = eval_dataset("fashion_mnist", "test", model)
-    pools = ("cls", "mean") if has_cls_token(model) else ("mean",)
+    pools = frozen_pools(model)
     t1 = time.time()
     ftr, ytr = extract_features(model, train, pools, 512, None, 0, progress)
     fte, yte = extract_features(model, test, pools, 512, None, 0, progress)
+    ev = frozen_selected(ftr, ytr, fte, yte, val_size=val_size, num_classes=10)
     res = {"name": run["name"], "config": run["config"], "overrides": run.get("overrides", []),
-           "pretrain_minutes": round(pretrain_s / 60, 2), "feature_seconds": round(time.time() - t1, 1)}
-    for p in pools:
-        res[f"knn_{p}"] = round(knn_accuracy(ftr[p], ytr, fte[p], yte, num_classes=10), 4)
-        _, info = fit_linear_probe(ftr[p], ytr, fte[p], yte, num_classes=10, epochs=50, progress=False)
-        res[f"linear_{p}"] = round(info["acc"], 4)
+           "minutes": run.get("minutes"), "pretrain_minutes": round(pretrain_s / 60, 2),
+           "feature_seconds": round(time.time() - t1, 1), "val_size": val_size}
+    for proto in ("knn", "linear"):  # chosen on validation; the test set read once with that choice
+        res[f"val_{proto}"] = round(max(ev[proto]["val"].values()), 4)
+        res[f"test_{proto}"] = round(ev[proto]["test"], 4)
+        res[f"{proto}_pool"] = ev[proto]["pool"]
     return res
+
+
+def best_on_validation(rows: list[dict], proto: str) -> dict | None:
+    """The run with the highest validation accuracy on ``proto`` (rows that recorded one)."""
+    scored = [r for r in rows if r.get(f"val_{proto}") is not None]
+    return max(scored, key=lambda r: r[f"val_{proto}"]) if scored else None
 
 
 def table(rows: list[dict]) -> str:
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    head = "| run | overrides | pretrain min | 20-NN mean | linear mean | 20-NN cls | linear cls |"
-    lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
+    head = "| run | overrides | pretrain min | val 20-NN | val linear | test 20-NN | test linear | pools (20-NN / linear) |"
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['name']} | {' '.join(r['overrides'])} | {r['pretrain_minutes']:.1f} | {f(r.get('knn_mean'))} | "
-                     f"{f(r.get('linear_mean'))} | {f(r.get('knn_cls'))} | {f(r.get('linear_cls'))} |")
+        if "val_knn" not in r:  # a row of an earlier sweep that judged on the test set only
+            lines.append(f"| {r['name']} | {' '.join(r['overrides'])} | {r['pretrain_minutes']:.1f} | - | - | "
+                         f"{f(r.get('knn_mean'))} | {f(r.get('linear_mean'))} | mean (no validation split) |")
+            continue
+        lines.append(f"| {r['name']} | {' '.join(r['overrides'])} | {r['pretrain_minutes']:.1f} | {f(r['val_knn'])} | "
+                     f"{f(r['val_linear'])} | {f(r['test_knn'])} | {f(r['test_linear'])} | {r['knn_pool']} / {r['linear_pool']} |")
+    for proto, name in (("knn", "20-NN"), ("linear", "linear probe")):
+        b = best_on_validation(rows, proto)
+        if b:
+            lines.append(f"\nBest on validation, {name}: **{b['name']}** (validation {b[f'val_{proto}']:.4f}, "
+                         f"test {b[f'test_{proto}']:.4f}).")
     return "\n".join(lines)
 
 
@@ -77,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help="run only these names")
     p.add_argument("--skip-done", action="store_true", help="skip runs whose name is already in --out")
     p.add_argument("--work", default="runs/sweep", help="where the runs are written")
+    p.add_argument("--val-size", type=int, default=10000,
+                   help="validation split: the last N of the 60k training images; pooling and the winner are chosen on it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     runs = yaml.safe_load(Path(args.sweep).read_text())["runs"]
@@ -89,7 +112,7 @@ def main(argv=None) -> int:
         if args.skip_done and any(d["name"] == run["name"] for d in done):
             continue
         print(f"\n== {run['name']}: {run['config']} {' '.join(run.get('overrides', []))}", flush=True)
-        res = run_one(run, Path(args.work), not args.no_progress)
+        res = run_one(run, Path(args.work), not args.no_progress, args.val_size)
         print(json.dumps(res), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(res) + "\n")

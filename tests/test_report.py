@@ -233,7 +233,7 @@ def test_fmnist_quality_and_report_print_the_same_numbers(tiny_run, tmp_path):
                                 "--low-labels", "20", "--no-progress", "--out", str(out)]) == 0
     q = json.loads(out.read_text())
     rep = build_report([str(tiny_run)], "fashion_mnist", None, labels_per_class=[20], probe_epochs=3, limit=1500,
-                       test_limit=400, progress=False)
+                       test_limit=400, progress=False, pool="mean")  # --mode best: fixed mean pooling
     enc = q["methods"]["mae_vit_tiny_patch4_28"]
     pairs = [(q["raw_pixels"]["knn"], accuracy(rep, "raw_pixels", "knn")),
              (q["raw_pixels"]["logreg"], accuracy(rep, "raw_pixels", "linear")),

@@ -47,7 +47,9 @@ def register(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="a single folder of class sub-folders: this fraction of each class is the test set (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the labelled subsets, the random init")
-    p.add_argument("--pool", choices=("cls", "mean"), default="mean", help="frozen feature (default mean of patch tokens)")
+    p.add_argument("--pool", choices=("auto", "cls", "mean", "both", "last4"), default="auto",
+                   help="frozen feature: auto (default) chooses per encoder and protocol among cls, mean, both (cls + mean) "
+                        "and last4 (the last 4 blocks) on a validation split held out of the training images")
     p.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs, all labels (default 50; 200 "
                                                                  "with scarce labels)")
     p.add_argument("--limit", type=int, help="only N training images (Fashion-MNIST: the first N; a folder: N drawn "

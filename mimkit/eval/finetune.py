@@ -105,6 +105,51 @@ class FinetuneModule(L.LightningModule):
         self.log("val/acc", (logits.argmax(1) == y).float().mean(), batch_size=bs, on_epoch=True, prog_bar=True)
 
 
+class KeepBest(L.Callback):
+    """Early stopping during fine-tuning: after each validation pass (on held-out images), keep a copy
+    of the classifier's weights when ``val/acc`` is the best so far; with ``patience``, stop after that
+    many passes without a gain. Only the passes inside ``fit`` count (not a later test)."""
+
+    def __init__(self, patience: int | None = None):
+        self.patience, self.state, self.score, self.epoch, self.scores = patience, None, -1.0, None, []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        acc = float(trainer.callback_metrics["val/acc"])
+        self.scores.append(round(acc, 5))
+        if acc > self.score:
+            self.score, self.epoch = acc, trainer.current_epoch + 1
+            self.state = {k: v.detach().clone() for k, v in pl_module.classifier.state_dict().items()}
+        elif self.patience is not None and len(self.scores) - self.scores.index(max(self.scores)) > self.patience:
+            trainer.should_stop = True
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier, dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a fine-tuned classifier on a labelled dataset (evaluation transform)."""
+    from .features import batches
+
+    was = classifier.training
+    classifier.eval()
+    right = total = 0
+    for x, y in batches(dataset, batch_size):
+        right += int((classifier(x).argmax(1) == torch.as_tensor(y)).sum())
+        total += len(y)
+    classifier.train(was)
+    return right / max(1, total)
+
+
+def scarce_label_schedule(n_train: int) -> dict:
+    """A fine-tuning schedule sized to ``n_train`` labelled images (60 or 600 per class, say), instead of
+    one step count for every size: about 30k images seen (10 to 100 epochs), batches of 32 below 2k images
+    (64 above), a wider crop range for small sets, early stopping on a held-out labelled set of the same
+    size with a patience of a quarter of the epochs."""
+    epochs = int(min(100, max(10, round(30000 / max(1, n_train)))))
+    return {"epochs": epochs, "batch_size": 32 if n_train < 2000 else 64, "crop_scale": (0.5, 1.0) if n_train < 2000 else (0.65, 1.0),
+            "warmup_epochs": max(1.0, 0.1 * epochs), "patience": max(3, epochs // 4)}
+
+
 @contextlib.contextmanager
 def _quiet_lightning():
     """Hide Lightning's informational banner lines (GPU available, tips) and the warning about a
@@ -132,7 +177,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
-             compile=False):
+             compile=False, val_dataset=None, patience: int | None = None):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
@@ -141,7 +186,12 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     ``classifier.safetensors``, ``finetune.json`` and the Lightning CSV logs. ``compile``: true, false
     or auto (``torch.compile`` for runs of >= 600 steps, as ``trainer.compile`` in pretraining); off by
     default: on the tiny CPU recipes (all 50 tokens, FLOP-bound) it measured no gain (docs/speed.md).
-    Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy."""
+    ``val_dataset`` (labelled images held out of ``train_dataset``): early stopping. The classifier is
+    scored on it every ``eval_every`` epochs (default every epoch), the weights of the best epoch are
+    kept and tested, and with ``patience`` training stops after that many scores without a gain.
+    The test set is then read once, by the kept weights.
+    Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy (and, with
+    ``val_dataset``, ``val_acc`` and ``best_epoch``)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if len(train_dataset) < batch_size:
@@ -163,6 +213,13 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
                               persistent_workers=num_workers > 0, collate_fn=collate)
     test_loader = DataLoader(test_dataset, batch_size=max(256, batch_size), shuffle=False, num_workers=num_workers,
                              pin_memory=pin)
+    best = None
+    if val_dataset is not None:  # early stopping on held-out labelled images, never on the test set
+        eval_every = eval_every if eval_every and eval_every > 0 else 1
+        best = KeepBest(patience)
+        val_loader = DataLoader(val_dataset, batch_size=max(256, batch_size), shuffle=False, num_workers=num_workers,
+                                pin_memory=pin)
+    during_fit = val_loader if val_dataset is not None else test_loader
     out_dir = Path(out_dir) if out_dir else None
     logger = False
     if out_dir is not None:
@@ -177,7 +234,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
               enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
               num_sanity_val_steps=0, log_every_n_steps=max(1, min(10, len(train_loader))),
               check_val_every_n_epoch=eval_every if eval_every and eval_every > 0 else 1,
-              default_root_dir=str(out_dir) if out_dir else None)
+              default_root_dir=str(out_dir) if out_dir else None, callbacks=[best] if best is not None else None)
     if not (eval_every and eval_every > 0):
         kw["limit_val_batches"] = 0
     kw.update(trainer_kwargs or {})
@@ -189,8 +246,10 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         trainer = L.Trainer(**kw)
         t0 = time.time()
         module.train()  # a loaded model arrives in eval mode; Lightning keeps submodule modes as found
-        trainer.fit(module, train_loader, test_loader if eval_every and eval_every > 0 else None)
+        trainer.fit(module, train_loader, during_fit if eval_every and eval_every > 0 else None)
         t_fit = time.time() - t0
+        if best is not None and best.state is not None:
+            module.classifier.load_state_dict(best.state)
         trainer.limit_val_batches = 1.0
         t1 = time.time()
         metrics = trainer.validate(module, test_loader, verbose=False)[0]
@@ -208,6 +267,9 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         "train_images_per_second": round(len(hist) * batch_size / max(t_fit, 1e-9), 1),
         "drop_path_per_block": [round(p, 4) for p in dpr],
     }
+    if best is not None:
+        results.update(val_acc=best.score, best_epoch=best.epoch, val_scores=best.scores, val_images=len(val_dataset),
+                       stopped_early=len(best.scores) < math.ceil(epochs) // eval_every)
     classifier = module.classifier.cpu().eval()
     if out_dir is not None:
         save_classifier(classifier, out_dir, model, results)

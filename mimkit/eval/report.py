@@ -386,22 +386,24 @@ def seconds_per_finetune_step(model, train, test, num_classes: int, *, batch_siz
 
 def finetune_for_minutes(model, train_aug, test, num_classes: int, minutes: float, *, seconds_per_step: float,
                          batch_size: int = 128, layer_decay: float = 0.75, blr: float = 2e-3, drop_path: float = 0.1,
-                         label_smoothing: float = 0.1, pool: str = "mean", seed: int = 0, progress: bool = True) -> dict:
+                         label_smoothing: float = 0.1, pool: str = "mean", seed: int = 0, progress: bool = True,
+                         keep_classifier: bool = False) -> dict:
     """Fine-tune (:func:`mimkit.eval.finetune.finetune`) for ``minutes`` of wall time: the number of
     optimiser steps is ``minutes * 60 / seconds_per_step``, and the schedule (10% warm-up, cosine)
-    runs over exactly those steps. Returns finetune's results with ``minutes`` (measured) and ``steps``."""
+    runs over exactly those steps. Returns finetune's results with ``minutes`` (measured) and ``steps``
+    (and the fine-tuned ``classifier`` with ``keep_classifier``)."""
     from .finetune import finetune
 
     batch_size = max(2, min(int(batch_size), len(train_aug)))
     per_epoch = max(1, len(train_aug) // batch_size)
     steps = max(1, int(minutes * 60 / max(seconds_per_step, 1e-6)))
     epochs = math.ceil(steps / per_epoch)
-    _, res = finetune(model, train_aug, test, num_classes, pool=pool, epochs=1, batch_size=batch_size, blr=blr,
-                      layer_decay=layer_decay, drop_path=drop_path, label_smoothing=label_smoothing,
-                      warmup_epochs=0.1 * steps / per_epoch, seed=seed, progress=progress,
-                      trainer_kwargs={"max_steps": steps, "max_epochs": epochs})
+    clf, res = finetune(model, train_aug, test, num_classes, pool=pool, epochs=1, batch_size=batch_size, blr=blr,
+                        layer_decay=layer_decay, drop_path=drop_path, label_smoothing=label_smoothing,
+                        warmup_epochs=0.1 * steps / per_epoch, seed=seed, progress=progress,
+                        trainer_kwargs={"max_steps": steps, "max_epochs": epochs})
     return {**res, "epochs": round(steps / per_epoch, 2), "steps": steps, "minutes": round(res["fit_seconds"] / 60, 2),
-            "budget_minutes": round(minutes, 2)}
+            "budget_minutes": round(minutes, 2), **({"classifier": clf} if keep_classifier else {})}
 
 
 # ---- encoders -------------------------------------------------------------------------------------
@@ -449,7 +451,7 @@ def _unique(names: list[str]) -> list[str]:
 
 # ---- the report -----------------------------------------------------------------------------------
 def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, names=None,
-                 labels_per_class=None, seed: int = 0, pool: str = "mean",
+                 labels_per_class=None, seed: int = 0, pool: str = "auto",
                  finetune_minutes: float | None = None, pretrain_minutes=None, probe_epochs: int = 50,
                  scarce_probe_epochs: int = 200, test_fraction: float = 0.2, limit: int | None = None,
                  test_limit: int | None = None, mean=None, std=None, root=None, device=None,
@@ -461,7 +463,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, name
     labels_per_class, accuracy, ...}]``). ``pretrain_minutes``: a number or one per checkpoint, for
     the scratch baseline's budget (default: read from each run directory's file times)."""
     from .data import load_model_spec
-    from .features import check_pool, extract_features
+    from .features import check_pool, extract_features, frozen_pools
 
     t_start = time.time()
     walls: dict[str, float] = {}
@@ -494,8 +496,10 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, name
         raise ValueError(f"{len(names)} names for {len(models)} checkpoints")
     if any(n in (RAW, RANDOM) for n in names):
         raise ValueError(f"{RAW!r} and {RANDOM!r} name the baselines; rename the checkpoint")
+    auto = pool == "auto"  # every frozen pooling, chosen on a validation split (mimkit.eval.selection)
     for m in models:
-        check_pool(m, pool)
+        if not auto:
+            check_pool(m, pool)
     if pretrain_minutes is None or isinstance(pretrain_minutes, (int, float)):
         pre = [pretrain_minutes if pretrain_minutes is not None else
                (pretrain_minutes_of(c) if isinstance(c, (str, Path)) else None) for c in checkpoints]
@@ -528,7 +532,16 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, name
     nc = rd.num_classes
     xtr, ytr = pixel_features(rd.train)
     xte, yte = pixel_features(rd.test)
-    idx_by_n = scarce_indices(ytr, labels_per_class, seed)
+    val_size = None
+    if auto:  # the last sixth of the training images (at most 10k) is the validation split
+        from .data import balanced_indices
+        from .selection import holdout_split
+
+        val_size = min(10000, len(ytr) // 6)
+        fit, _ = holdout_split(len(ytr), val_size)
+        idx_by_n = {int(n): fit[balanced_indices(ytr[fit], int(n), seed)] for n in labels_per_class}
+    else:
+        idx_by_n = scarce_indices(ytr, labels_per_class, seed)
     rows: list[dict] = []
 
     def add(encoder, protocol, n, acc, **extra):
@@ -552,21 +565,39 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, name
     todo = ([(RANDOM, init)] if init is not None else []) + list(zip(names, models))
     for name, model in todo:
         with timed(f"{name}: features, 20-NN + linear probe"):
-            ftr, f_ytr = extract_features(model, rd.train, pool, batch_size, device, 0, progress, f"{name} train features")
-            fte, f_yte = extract_features(model, rd.test, pool, batch_size, device, 0, progress, f"{name} test features")
-            res = frozen_protocols(ftr, f_ytr, fte, f_yte, nc, idx_by_n, probe_epochs=probe_epochs,
-                                   scarce_probe_epochs=scarce_probe_epochs, seed=seed, progress=progress)["features"]
-            for n, r in res.items():
-                add(name, "knn", n, r["knn"], method="20-NN cosine", pool=pool)
-                add(name, "linear", n, r["linear"], method="BatchNorm + linear probe", pool=pool)
+            how = frozen_pools(model) if auto else pool
+            ftr, f_ytr = extract_features(model, rd.train, how, batch_size, device, 0, progress, f"{name} train features")
+            fte, f_yte = extract_features(model, rd.test, how, batch_size, device, 0, progress, f"{name} test features")
+            if auto:
+                from .selection import frozen_selected
+
+                ev = frozen_selected(ftr, f_ytr, fte, f_yte, val_size=val_size, num_classes=nc, probe_epochs=probe_epochs,
+                                     scarce_probe_epochs=scarce_probe_epochs, seed=seed, subsets=idx_by_n)
+                for n in [None, *idx_by_n]:
+                    e = ev if n is None else ev["low_label"][n]
+                    add(name, "knn", n, e["knn"]["test"], method="20-NN cosine", pool=e["knn"]["pool"],
+                        val=max(e["knn"]["val"].values()))
+                    add(name, "linear", n, e["linear"]["test"], method="BatchNorm + linear probe",
+                        pool=e["linear"]["pool"], blr=e["linear"]["blr"], val=max(e["linear"]["val"].values()))
+                res = {None: {"knn": ev["knn"]["test"], "linear": ev["linear"]["test"]}}
+                ftr, fte = ftr[ev["knn"]["pool"]], fte[ev["knn"]["pool"]]  # the neighbours picture's features
+            else:
+                res = frozen_protocols(ftr, f_ytr, fte, f_yte, nc, idx_by_n, probe_epochs=probe_epochs,
+                                       scarce_probe_epochs=scarce_probe_epochs, seed=seed, progress=progress)["features"]
+                for n, r in res.items():
+                    add(name, "knn", n, r["knn"], method="20-NN cosine", pool=pool)
+                    add(name, "linear", n, r["linear"], method="BatchNorm + linear probe", pool=pool)
             feats[name] = (ftr, fte)
-            _say(f"   20-NN {res[None]['knn']:.4f}, linear {res[None]['linear']:.4f}", progress)
+            _say(f"   20-NN {res[None]['knn']:.4f}, linear {res[None]['linear']:.4f}"
+                 + (f" (pooling {ev['knn']['pool']} / {ev['linear']['pool']}, chosen on validation)" if auto else ""),
+                 progress)
         cfg = getattr(model, "mimkit_config", None) or {}
         encoders[name] = {"recipe": cfg.get("recipe"), "source": None if name == RANDOM else
                           str(checkpoints[names.index(name)]) if isinstance(checkpoints[names.index(name)], (str, Path))
                           else "model", "feature_dim": int(ftr.shape[1]),
                           "pretrain_minutes": None if name == RANDOM else pre[names.index(name)]}
 
+    ft_pool = "mean" if auto else pool  # the fine-tuned classifier pools one way
     ft_settings = None
     if finetune_minutes:
         train_aug = _finetune_aug(rd)
@@ -583,7 +614,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, name
             bs = min(finetune_batch_size, len(sub))
             budget = "all labels" if n is None else f"{n} labels per class"
             with timed(f"fine-tuning step time, {budget}"):
-                sps = seconds_per_finetune_step(first, sub, rd.test, nc, batch_size=bs, pool=pool, seed=seed)
+                sps = seconds_per_finetune_step(first, sub, rd.test, nc, batch_size=bs, pool=ft_pool, seed=seed)
                 ft_settings["seconds_per_step_measured"][str(n)] = round(sps, 4)
                 _say(f"   {sps:.3f} s per step", progress)
             for name, model in list(zip(names, models)) + ([(RANDOM, init)] if init is not None else []):
@@ -591,14 +622,14 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, *, name
                 what = "from scratch" if name == RANDOM else "fine-tune"
                 with timed(f"{name}: {what} {minutes:g} min, {budget}"):
                     r = finetune_for_minutes(model, sub, rd.test, nc, minutes, seconds_per_step=sps, batch_size=bs,
-                                             layer_decay=decay, pool=pool, seed=seed, progress=progress)
+                                             layer_decay=decay, pool=ft_pool, seed=seed, progress=progress)
                     add(name, "finetune", n, r["acc"], method="fine-tune" if name != RANDOM else "from scratch, equal time",
-                        minutes=r["minutes"], steps=r["steps"], epochs=r["epochs"], pool=pool)
+                        minutes=r["minutes"], steps=r["steps"], epochs=r["epochs"], pool=ft_pool)
                     _say(f"   {r['acc']:.4f} ({r['steps']} steps, {r['minutes']:.2f} min)", progress)
 
     report = {
         "rows": rows, "data": info, "encoders": encoders, "labels_per_class": labels_per_class, "seed": seed,
-        "pool": pool, "notes": notes,
+        "pool": pool, "val_size": val_size, "notes": notes,
         "protocols": {
             "knn": "20-NN: L2-normalised features, cosine similarity, votes weighted by exp(sim / 0.07)",
             "linear": f"linear probe: BatchNorm1d(affine=False) + Linear on cached features, SGD, {probe_epochs} epochs "
@@ -705,7 +736,9 @@ def report_markdown(report: dict) -> str:
                         f"from {e['source']}" + (f", pretrained for {pre:.1f} min" if pre else "")))
     lines += ["", "## Protocols", ""]
     lines += [f"- {k}: {v}" for k, v in report["protocols"].items() if v]
-    lines += [f"- frozen features: {report['pool']} pooling"]
+    lines += [f"- frozen features: pooling (cls, mean, both, last 4 blocks) and probe lr chosen per encoder and protocol on "
+              f"the last {report['val_size']} training images, then fitted on all of them; the test set read once"
+              if report["pool"] == "auto" else f"- frozen features: {report['pool']} pooling"]
     lines += [f"- note: {n}" for n in report.get("notes") or ()]
     lines += ["", "## Wall times", ""]
     lines += [f"- {k}: {v:.1f} s" for k, v in report["wall_seconds"].items()]
