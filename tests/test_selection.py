@@ -115,8 +115,8 @@ def test_curve_mode_end_to_end_reuses_finished_points(tmp_path, capsys):
     common = ["--limit", "1200", "--test-limit", "300", "--val-size", "300", "--probe-epochs", "3", "--low-labels", "10",
               "--no-progress", "--out", str(out), "--methods", "mae", "--overrides", "model.depth=2", "model.embed_dim=32",
               "model.num_heads=2", "model.decoder_depth=1", "model.decoder_embed_dim=16", "data.batch_size=64",
-              "trainer.compile=false", "--skip", "finetune"]
-    assert fmnist_quality.main(["--curve", "0.05", *common]) == 0
+              "trainer.compile=false"]
+    assert fmnist_quality.main(["--curve", "0.05", *common, "--skip", "finetune"]) == 0
     q = json.loads(out.read_text())
     pt = q["curve"]["mae_vit_tiny_patch4_28"]["0.05"]
     assert pt["steps"] >= 1 and 0 <= pt["knn"] <= 1 and pt["knn_pool"] in ("cls", "mean", "both", "last4")
@@ -124,11 +124,36 @@ def test_curve_mode_end_to_end_reuses_finished_points(tmp_path, capsys):
     assert q["best"]["recipe"] == "mae_vit_tiny_patch4_28" and "10" in q["low_label"]
     assert Path(q["pictures"]["quality_vs_time"]).stat().st_size > 10_000
     capsys.readouterr()
-    # a second budget: the finished 0.05-minute point is kept and its run reused, not pretrained again
-    assert fmnist_quality.main(["--curve", "0.05,0.1", *common]) == 0
+    # a second budget: the finished 0.05-minute point is kept and its run reused, not pretrained again; then
+    # scarce-label fine-tuning of the best and a 0.2-minute total shared by pretraining (0.1, reused) and fine-tuning
+    assert fmnist_quality.main(["--curve", "0.05,0.1", *common, "--finetune-budgets", "0.2", "--pretrain-shares", "0.5",
+                                "--finetune-batch-size", "64"]) == 0
     text = capsys.readouterr().out
     assert "a finished run of these settings" in text and text.count("budget-true schedule") == 1
     q2 = json.loads(out.read_text())
     assert set(q2["curve"]["mae_vit_tiny_patch4_28"]) == {"0.05", "0.1"}
     assert q2["curve"]["mae_vit_tiny_patch4_28"]["0.05"]["steps"] == pt["steps"]
-    assert "Crossover" in (tmp_path / "results.md").read_text()
+    low = q2["scarce_finetune"]["low_label"]["10"]
+    assert low["schedule"]["epochs"] == 100 and 1 <= low["best_epoch"] <= low["epochs_run"] <= 100
+    assert q2["low_label"]["10"]["finetune"] == low["finetune"]
+    fb = q2["finetune_budget"]["mae_vit_tiny_patch4_28"]["0.2"]
+    assert fb["chosen_share"] == 0.5 and 0 <= fb["test"] <= 1 and fb["splits"]["0.5"]["pretrain_minutes"] == 0.1
+    assert q2["scratch"]["budget_minutes"] == 0.2 and q2["methods"]["mae_vit_tiny_patch4_28"]["finetune"] == fb["test"]
+    md = (tmp_path / "results.md").read_text()
+    assert "Crossover" in md and "from scratch" in md and "Goals" in md
+
+
+def test_demo_says_where_its_run_lies_on_the_curve(tmp_path):
+    from mimkit.commands.demo import curve_position
+
+    f = tmp_path / "q.json"
+    r = "mae_vit_tiny_patch4_28"
+    f.write_text(json.dumps({"raw_pixels": {"knn": 0.857, "logreg": 0.844},
+                             "curve": {r: {"15": {"knn": 0.82, "linear": 0.85}, "60": {"knn": 0.84, "linear": 0.87}}},
+                             "crossover": {r: {"knn": None, "linear": 15.0}}}))
+    lines = curve_position(r, 8.1, {"knn20_mean": 0.81, "linear_mean": 0.836}, f)
+    text = "\n".join(lines)
+    assert "15 min 0.820 / 0.850" in text and "60 min 0.840 / 0.870" in text
+    assert "this run, 8.1 min: 0.810 / 0.836" in text and "raw pixels 0.857 / 0.844" in text
+    assert "20-NN not within 60 min" in text and "linear probe from 15 min" in text
+    assert curve_position("ijepa_vit_tiny_patch4_28", 8, {}, f) == [] and curve_position(r, 8, {}, tmp_path / "no") == []
