@@ -22,12 +22,12 @@ One command, one run, the real split (60k training images, all used unlabelled f
 (``trainer.max_minutes``: warm-up and cosine end at the budget) and evaluates every point the same
 way: 20-NN and the linear probe, pooling and probe lr chosen on a validation split (the last
 ``--val-size`` = 10k training images, :mod:`mimkit.eval.selection`), the test set read once, all labels
-and 60 and 600 per class. It writes ``curve.<recipe>.<minutes>``, ``crossover.<recipe>.{knn,linear}``
+and 60 and 600 per class (about 64 minutes in all here). It writes ``curve.<recipe>.<minutes>``, ``crossover.<recipe>.{knn,linear}``
 (the first budget that beats raw pixels, or null) and ``quality_vs_time.png`` (minutes on a log axis,
 raw pixels and random init as flat lines). Finished points are kept: a later run with more budgets
 (``--curve 60,120``) adds to the same ``--out`` and reuses finished runs of the same settings. The
-best method on validation is then fine-tuned with scarce labels (schedules sized to the labels, early
-stopping on held-out labels) and, with ``--finetune-budgets 30,60``, pretrained + fine-tuned within one
+best method on validation is then, with ``--finetune``, fine-tuned with scarce labels (schedules sized to
+the labels, early stopping on held-out labels) and, with ``--finetune-budgets 30,60``, pretrained + fine-tuned within one
 total budget against the same ViT from scratch for the whole total.
 
 ``--mode best`` (the issue-14 run; the mode of ``--checkpoint``) pretrains one recipe as configured,
@@ -104,6 +104,9 @@ def parse_args(argv=None):
     p.add_argument("--finetune-budgets", default="",
                    help="--mode curve: total minutes (comma-separated, e.g. 30,60) that pretraining + fine-tuning share, "
                         "split as validation says is best, against the same ViT trained from scratch for the whole total")
+    p.add_argument("--finetune", action="store_true",
+                   help="--mode curve: also fine-tune the best method with scarce labels (--low-labels; schedules sized to "
+                        "the labels, early stopping on held-out labels); off by default to keep the default run near an hour")
     p.add_argument("--pretrain-shares", default="0.5,0.75",
                    help="the pretraining shares of a --finetune-budgets total tried on validation (default %(default)s)")
     p.add_argument("--rerun", action="store_true", help="pretrain again even where a finished run of the same "
@@ -571,7 +574,7 @@ def run_curve(args, results, clock, out_dir, work):
             finish_curve(results, args, out_dir)
             save(results, args)
     best = results.get("best", {}).get("recipe")
-    if best and "finetune" not in args.skip and "low_label" not in args.skip:
+    if best and args.finetune and "finetune" not in args.skip and "low_label" not in args.skip:
         model = mimkit.load(Path(results["best"]["checkpoint"]))
         results["scarce_finetune"] = {"recipe": best, "minutes": results["best"]["minutes"],
                                       "low_label": scarce_finetunes(model, train, test, labels, args, clock)}

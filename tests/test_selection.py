@@ -126,7 +126,7 @@ def test_curve_mode_end_to_end_reuses_finished_points(tmp_path, capsys):
     capsys.readouterr()
     # a second budget: the finished 0.05-minute point is kept and its run reused, not pretrained again; then
     # scarce-label fine-tuning of the best and a 0.2-minute total shared by pretraining (0.1, reused) and fine-tuning
-    assert fmnist_quality.main(["--curve", "0.05,0.1", *common, "--finetune-budgets", "0.2", "--pretrain-shares", "0.5",
+    assert fmnist_quality.main(["--curve", "0.05,0.1", *common, "--finetune", "--finetune-budgets", "0.2", "--pretrain-shares", "0.5",
                                 "--finetune-batch-size", "64"]) == 0
     text = capsys.readouterr().out
     assert "a finished run of these settings" in text and text.count("budget-true schedule") == 1
