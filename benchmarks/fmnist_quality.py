@@ -721,7 +721,7 @@ def finish_curve(results: dict, args, out_dir: Path) -> None:
         results["best"] = {"recipe": best, "minutes": b["minutes"], "knn": b["knn"], "linear": b["linear"],
                            "chosen_on": "validation linear probe at the longest budget", "checkpoint": b["run"] + "/model"}
         scarce = (results.get("scarce_finetune") or {})
-        ft = scarce.get("low_label", {}) if scarce.get("recipe") == best else {}
+        ft = scarce.get("low_label", {}) if (scarce.get("recipe"), scarce.get("minutes")) == (best, b["minutes"]) else {}
         results["low_label"] = {n: {"raw_knn": raw["low_label"][n]["knn"], "raw_logreg": raw["low_label"][n]["logreg"],
                                     "knn": v["knn"], "linear": v["linear"],
                                     **({"finetune": ft[n]["finetune"]} if n in ft else {})}
@@ -800,17 +800,23 @@ def pictures(model, test, out_dir, results):
         print(f"   (pictures failed: {type(e).__name__}: {e})")
 
 
-def load_previous(out: Path, settings: dict) -> dict | None:
-    """The curve points of an earlier run written to the same ``--out`` with the same data, seed and
-    validation split (the 60- and 120-minute points are run once and kept), or None."""
+KEPT = ("curve", "scarce_finetune", "finetune_budget")  # what a later curve run keeps of an earlier one
+
+
+def load_previous(out: Path, settings: dict) -> dict:
+    """What an earlier curve run wrote to the same ``--out`` with the same data, seed and validation
+    split: its curve points (the 60- and 120-minute points are run once and kept), scarce-label
+    fine-tunes and shared budgets ({} when there is none)."""
     if not out.exists():
-        return None
+        return {}
     try:
         old = json.loads(out.read_text())
     except ValueError:
-        return None
+        return {}
     same = all(old.get("settings", {}).get(k) == settings[k] for k in ("train_images", "test_images", "seed", "val_size"))
-    return old.get("curve") if same and old.get("settings", {}).get("mode") == "curve" else None
+    if not same or old.get("settings", {}).get("mode") != "curve":
+        return {}
+    return {k: old[k] for k in KEPT if old.get(k)}
 
 
 def save(results, args):
@@ -987,9 +993,7 @@ def main(argv=None) -> int:
         "minutes_per_method": args.minutes_per_method if args.mode == "all" else None, "quick": args.quick},
         "wall_seconds": clock.times}
     if args.mode == "curve":
-        previous = load_previous(out, results["settings"])
-        if previous:
-            results["curve"] = previous
+        results.update(load_previous(out, results["settings"]))
         run_curve(args, results, clock, out_dir, work)
     elif args.mode == "all":
         run_all(args, results, clock, out_dir, work)
