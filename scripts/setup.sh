@@ -18,4 +18,15 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "==> installing mimkit and its test extra"
 .venv/bin/pip install -q -e ".[test]"
+# the headless browser of tests/test_explore.py (`mimkit explore` driven through selenium): Debian's
+# chromium + chromium-driver; without them (no apt, no root, no network) that one test skips and says why
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "==> installing chromium + chromium-driver (apt-get) for the browser test of mimkit explore"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || echo "==> could not install chromium + chromium-driver: the browser test of mimkit explore will skip"
+  else
+    echo "==> no chromium + chromium-driver and no root apt-get: the browser test of mimkit explore will skip"
+  fi
+fi
 touch "$stamp"
