@@ -476,6 +476,11 @@ def curve_overrides(minutes: float, args) -> list[str]:
 def finished_budget_run(run_dir: Path, recipe: str, minutes: float, args) -> bool:
     """Whether ``run_dir`` holds a finished budget run of ``recipe`` at ``minutes`` with the settings this
     benchmark would use (recipe config + overrides, same seed and data), so that it need not run again."""
+    return why_not_reused(run_dir, recipe, minutes, args) is None
+
+
+def why_not_reused(run_dir: Path, recipe: str, minutes: float, args) -> str | None:
+    """None when ``run_dir`` can be reused (see :func:`finished_budget_run`), else the reason."""
     import yaml
 
     from mimkit.train import load_config
@@ -483,18 +488,21 @@ def finished_budget_run(run_dir: Path, recipe: str, minutes: float, args) -> boo
 
     sched = read_schedule(run_dir) if run_dir.is_dir() else None
     if not sched or sched.get("finished_at_step") != sched.get("total_steps") or not (run_dir / "model").is_dir():
-        return False
+        return "no finished run there"
     if float(sched.get("max_minutes", -1)) != float(minutes):
-        return False
+        return f"its budget was {sched.get('max_minutes')} min"
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     ov = [f"model.name={recipe}", f"run.seed={args.seed}", *curve_overrides(minutes, args)]
     if args.limit:
         ov.append(f"data.limit={args.limit}")
     want = load_config(ROOT / "configs" / f"{recipe}.yaml", ov)
-    same = lambda a, b: yaml.safe_dump(a, sort_keys=True) == yaml.safe_dump(b, sort_keys=True)  # noqa: E731
-    t_keys = lambda t: {k: v for k, v in t.items() if k != "enable_progress_bar"}  # noqa: E731
-    return (all(same(saved[k], want[k]) for k in ("model", "data", "optim")) and same(t_keys(saved["trainer"]), t_keys(want["trainer"]))
-            and saved["run"]["seed"] == want["run"]["seed"])
+    for section in ("model", "data", "optim", "trainer"):
+        for key in sorted(set(saved.get(section, {})) | set(want[section])):
+            if key != "enable_progress_bar" and saved.get(section, {}).get(key) != want[section].get(key):
+                return f"{section}.{key} was {saved.get(section, {}).get(key)!r}, now {want[section].get(key)!r}"
+    if saved["run"]["seed"] != want["run"]["seed"]:
+        return f"run.seed was {saved['run']['seed']}"
+    return None
 
 
 def evaluate_frozen(model, train, test, args, labels_per_class=()) -> dict:
@@ -602,7 +610,10 @@ def budget_run(recipe: str, minutes: float, args, work: Path, clock) -> Path:
     import torch
 
     run_dir = work / "curve" / f"{recipe}-{minutes:g}min"
-    if not args.rerun and finished_budget_run(run_dir, recipe, minutes, args):
+    why = why_not_reused(run_dir, recipe, minutes, args)
+    if why and run_dir.is_dir() and not args.rerun:
+        print(f"   ({run_dir} is not reused: {why})", flush=True)
+    if not args.rerun and why is None:
         print(f"\n== {recipe}, {minutes:g} min: a finished run of these settings is in {run_dir}; reusing it "
               "(--rerun to pretrain again) ==", flush=True)
         return run_dir

@@ -88,7 +88,12 @@ def test_report_end_to_end_on_a_png_folder(png_folder, tiny_run, tmp_path, capsy
     xtr, ytr = read_folder(png_folder / "train")
     xte, yte = read_folder(png_folder / "test")
     assert accuracy(rep, "raw_pixels", "knn") == pytest.approx(knn_accuracy(xtr, ytr, xte, yte, k=20), abs=1e-6)
-    idx = balanced_indices(ytr, 5, seed=0)
+    # scarce labels come from outside the validation split (the last sixth of the training images, which
+    # --pool auto chooses poolings on), for raw pixels and encoders alike
+    fit = len(ytr) - len(ytr) // 6
+    assert rep["val_size"] == len(ytr) // 6 == 40
+    idx = balanced_indices(ytr[:fit], 5, seed=0)
+    assert all(r.get("pool") in ("cls", "mean", "both", "last4") and "val" in r for r in rows if r["encoder"] != "raw_pixels")
     assert accuracy(rep, "raw_pixels", "knn", 5) == pytest.approx(
         knn_accuracy(xtr[idx], ytr[idx], xte, yte, k=15), abs=1e-6)
     # the data said as it is

@@ -129,7 +129,8 @@ def test_curve_mode_end_to_end_reuses_finished_points(tmp_path, capsys):
     assert fmnist_quality.main(["--curve", "0.05,0.1", *common, "--finetune", "--finetune-budgets", "0.2", "--pretrain-shares", "0.5",
                                 "--finetune-batch-size", "64"]) == 0
     text = capsys.readouterr().out
-    assert "a finished run of these settings" in text and text.count("budget-true schedule") == 1
+    assert "0.05 min: a finished run of these settings" in text
+    assert text.count("== mae_vit_tiny_patch4_28: pretraining, a ") == 1  # only the new 0.1-minute point
     q2 = json.loads(out.read_text())
     assert set(q2["curve"]["mae_vit_tiny_patch4_28"]) == {"0.05", "0.1"}
     assert q2["curve"]["mae_vit_tiny_patch4_28"]["0.05"]["steps"] == pt["steps"]
