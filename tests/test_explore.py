@@ -184,6 +184,25 @@ def test_what_each_method_predicts(recipe, kw, tmp_path):
         assert ("no cls token" in a["note"]) == (ex.method == "ijepa")
 
 
+def test_a_transformers_directory(tmp_path):
+    """`hf:DIR` goes through the same resolver as every command (from_hf, safe reads): a model, no run."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    cfg = ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=28, patch_size=4, num_channels=1, decoder_hidden_size=16,
+                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+                       layer_norm_eps=1e-6, mask_ratio=0.5)
+    ViTMAEForPreTraining(cfg).save_pretrained(tmp_path / "hf")
+    ex = Explorer(f"hf:{tmp_path / 'hf'}", **LIMITS)
+    assert ex.method == "mae" and ex.run_dir is None and "not a run directory" in ex.run_summary()["note"]
+    x, _ = ex.dataset_image(1)
+    r = ex.mask_and_predict(x, "random", 0.5, seed=2)
+    with torch.no_grad():
+        rec = ex.model.reconstruct(x, mask=ex.mask("random", 0.5, 2))
+    assert np.array_equal(r["panels"][2][::ex.scale, ::ex.scale], np.repeat(to_uint8(denormalize(
+        rec, ex.mean, ex.std)[0]), 3, axis=-1))
+
+
 def test_not_a_mimkit_model(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="other.ckpt is not a mimkit model"):
