@@ -16,6 +16,6 @@ def test_demo_prints_the_encoder_beside_raw_pixels(tmp_path, capsys):
     r = json.loads((out / "demo_results.json").read_text())
     assert 0.8 < r["knn20_raw_pixels"] < 0.9 and 0 < r["knn20_mean"] <= 1
     assert r["budget_minutes"] == 0.05 and r["steps"] >= 1  # a budget-true schedule, not epochs
-    assert "0.05-minute budget" in text and "on the curve : mae" in text  # where it lies on results/fmnist_quality.json
+    assert "0.05-minute budget" in text and " pooling; random init" in text and "on the curve : mae" in text  # where it lies on results/fmnist_quality.json
     assert (out / "attention.png").exists() and (out / "reconstructions" / "latest.png").exists()
     assert (out / "model" / "model.safetensors").exists()

@@ -97,7 +97,7 @@ def run(args) -> int:
           f"final loss {final_loss if final_loss is None else round(final_loss, 4)}"
           + (f", {images_per_s:.0f} images/s" if images_per_s else ""))
     print(f"20-NN test accuracy ({report['data']['source']}, {report['data']['test_images']} test images): pretrained encoder "
-          f"{results['knn20_mean']:.4f} (mean-pooled; random init {results['knn20_random_init']:.4f})"
+          f"{results['knn20_mean']:.4f} ({pooling(report, name)} pooling; random init {results['knn20_random_init']:.4f})"
           f"   vs   raw pixels {results['knn20_raw_pixels']:.4f}")
     gap = results["knn20_mean"] - results["knn20_raw_pixels"]
     print(f"             : the encoder is {abs(gap) * 100:.1f} points {'above' if gap >= 0 else 'below'} raw pixels "
@@ -136,3 +136,9 @@ def curve_position(recipe: str, minutes: float, results: dict, curve_file: Path)
     lines.append(f"             : beats raw pixels on 20-NN {say(cross.get('knn'))}, on the linear probe "
                  f"{say(cross.get('linear'))}")
     return lines
+
+
+def pooling(report: dict, encoder: str) -> str:
+    """The pooling the report used for ``encoder``'s 20-NN (chosen on validation under ``--pool auto``)."""
+    rows = [r for r in report["rows"] if r["encoder"] == encoder and r["protocol"] == "knn" and r["labels_per_class"] is None]
+    return rows[0].get("pool", report.get("pool", "mean")) if rows else report.get("pool", "mean")

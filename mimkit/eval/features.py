@@ -43,8 +43,8 @@ def _uniform_blocks(model):
 
 def frozen_pools(model) -> tuple[str, ...]:
     """The frozen-feature poolings ``model`` supports, cheapest first."""
-    return tuple(p for p in FROZEN_POOLS if p not in ("cls", "both") or has_cls_token(model)
-                 if p != "last4" or _uniform_blocks(model) is not None)
+    cls, blocks = has_cls_token(model), _uniform_blocks(model) is not None
+    return tuple(p for p in FROZEN_POOLS if (cls or p not in ("cls", "both")) and (blocks or p != "last4"))
 
 
 def pool(tokens: torch.Tensor, how: str = "mean", cls_token: bool = True) -> torch.Tensor:
