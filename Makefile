@@ -18,7 +18,8 @@ demo: setup data
 # hand-wrapped style; formatting all of it would be one large diff): add a file here when it is formatted.
 FORMATTED := mimkit/files.py mimkit/data/__init__.py mimkit/data/build.py mimkit/data/fashion_mnist.py \
 	mimkit/data/images.py mimkit/data/seeds.py mimkit/data/tensors.py mimkit/data/transforms.py \
-	mimkit/tokenizer/weights.py mimkit/shards.py mimkit/hf_dataset.py mimkit/device_data.py tests/test_architecture.py
+	mimkit/tokenizer/weights.py mimkit/schedules.py mimkit/methods/__init__.py tests/test_architecture.py \
+	tests/test_committed_paths.py tests/test_schedules.py
 
 # lint (ruff), format check, the import contracts of pyproject.toml (layers, no cycles)
 lint: setup

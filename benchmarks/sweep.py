@@ -1,8 +1,9 @@
 """Recipe sweep on Fashion-MNIST: pretrain each configuration of a sweep file, then judge its encoder by
-20-NN and a linear probe, one configuration at a time. Every choice is made on a validation split, the
-last ``--val-size`` (10k) of the 60k training images: the pooling of each run (cls, mean, both, last 4
-blocks) and probe lr, and the winning run. The test set is read once per run with the settings chosen
-(:func:`mimkit.eval.selection.frozen_selected`), and the table shows validation and test side by side.
+20-NN and a linear probe, one configuration at a time. Every choice is made on a validation split drawn
+per class from the 60k training images (``--val-fraction``, a sixth: 10k): the pooling of each run (cls,
+mean, both, last 4 blocks) and probe lr, and the winning run. The test set is read once per run with the
+settings chosen (:func:`mimkit.eval.protocols.evaluate_row`, the protocols of ``mimkit report``), and
+the table shows validation and test side by side.
 
 A sweep file (YAML) lists runs, each a name, a config (``configs/<recipe>.yaml``), dotted overrides and
 optionally ``minutes`` (a budget-true schedule, ``trainer.max_minutes``)::
@@ -31,11 +32,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def run_one(run: dict, work: Path, progress: bool, val_size: int) -> dict:
+def run_one(run: dict, work: Path, progress: bool, val_fraction: float) -> dict:
     import mimkit
     from mimkit.eval.data import eval_dataset
     from mimkit.eval.features import extract_features, frozen_pools
-    from mimkit.eval.selection import frozen_selected
+    from mimkit.eval.protocols import Settings, evaluate_row
+    from mimkit.eval.splits import validation_split
     from mimkit.train import load_config, run_pretrain
 
     run_dir = work / run["name"]
@@ -53,14 +55,17 @@ def run_one(run: dict, work: Path, progress: bool, val_size: int) -> dict:
     t1 = time.time()
     ftr, ytr = extract_features(model, train, pools, 512, None, 0, progress)
     fte, yte = extract_features(model, test, pools, 512, None, 0, progress)
-    ev = frozen_selected(ftr, ytr, fte, yte, val_size=val_size, num_classes=10)
+    fit, val = validation_split(ytr, val_fraction, seed=0)
+    ev = evaluate_row(ftr, ytr, fte, yte, fit_rows=fit, val_rows=val, num_classes=10,
+                      s=Settings(protocols=("knn", "linear")))
     res = {"name": run["name"], "config": run["config"], "overrides": run.get("overrides", []),
            "minutes": run.get("minutes"), "pretrain_minutes": round(pretrain_s / 60, 2),
-           "feature_seconds": round(time.time() - t1, 1), "val_size": val_size}
+           "feature_seconds": round(time.time() - t1, 1), "val_images": len(val)}
     for proto in ("knn", "linear"):  # chosen on validation; the test set read once with that choice
-        res[f"val_{proto}"] = round(max(ev[proto]["val"].values()), 4)
-        res[f"test_{proto}"] = round(ev[proto]["test"], 4)
-        res[f"{proto}_pool"] = ev[proto]["pool"]
+        r = ev["all"][proto]
+        res[f"val_{proto}"] = round(r["choice_acc"], 4)
+        res[f"test_{proto}"] = round(r["acc"], 4)
+        res[f"{proto}_pool"] = r["choice"]
     return res
 
 
@@ -98,8 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help="run only these names")
     p.add_argument("--skip-done", action="store_true", help="skip runs whose name is already in --out")
     p.add_argument("--work", default="runs/sweep", help="where the runs are written")
-    p.add_argument("--val-size", type=int, default=10000,
-                   help="validation split: the last N of the 60k training images; pooling and the winner are chosen on it")
+    p.add_argument("--val-fraction", type=float, default=1 / 6,
+                   help="validation split: this fraction of every class of the 60k training images (default a sixth); "
+                        "pooling and the winner are chosen on it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     runs = yaml.safe_load(Path(args.sweep).read_text())["runs"]
@@ -112,7 +118,7 @@ def main(argv=None) -> int:
         if args.skip_done and any(d["name"] == run["name"] for d in done):
             continue
         print(f"\n== {run['name']}: {run['config']} {' '.join(run.get('overrides', []))}", flush=True)
-        res = run_one(run, Path(args.work), not args.no_progress, args.val_size)
+        res = run_one(run, Path(args.work), not args.no_progress, args.val_fraction)
         print(json.dumps(res), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(res) + "\n")

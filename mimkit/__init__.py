@@ -1,4 +1,5 @@
 """mimkit: masked image modeling (MAE, SimMIM ViT/Swin, BEiT, MaskFeat, data2vec 2.0, I-JEPA) on plain PyTorch modules."""
+from . import methods, tokenizer  # noqa: F401  (their modules register every builder and recipe)
 from .base import EncoderOutput, MIMModel, MIMOutput
 from .registry import create, list_models, register_recipe
 

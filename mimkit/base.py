@@ -53,6 +53,10 @@ class MIMModel(nn.Module):
     * ``reconstruct(images, noise=None, mask=None) -> (N, C, H, W)``: defined by pixel-target methods;
     * ``after_optimizer_step(step, total_steps)``: defined by methods with an EMA teacher, called by the
       engine after every optimiser step;
+    * ``before_optimizer_step(step, total_steps)``: called with the gradients, before clipping and the
+      optimiser step (iBOT drops its prototypes' gradients early in the run);
+    * ``multi_crop``: the views a multi-view method wants from the data layer (:mod:`mimkit.data.views`),
+      which then passes ``forward(images=first global view, views=[the others])``;
     * ``frozen_parts``: submodules that never train (a tokenizer, a teacher): kept in eval mode.
     """
 

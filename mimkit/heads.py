@@ -1,5 +1,5 @@
 """Prediction heads: MAE's transformer decoder, SimMIM's conv + PixelShuffle head, data2vec 2.0's
-convolutional decoder and I-JEPA's predictor."""
+convolutional decoder, I-JEPA's predictor and iBOT's projection head."""
 from __future__ import annotations
 
 from functools import partial
@@ -166,3 +166,83 @@ class JEPAPredictor(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.proj(self.norm(x)[:, -kt:])
+
+
+class IBOTHead(nn.Module):
+    """iBOT's projection head (bytedance/ibot ``models/head.py``, ``iBOTHead`` without norms, GELU): an MLP of
+    ``nlayers`` linears (GELU between them) to a ``bottleneck_dim`` vector, L2-normalised, then a
+    weight-normalised linear without bias to ``out_dim`` prototypes for the class token and, for the patch
+    tokens, the same layer (``shared_head``) or a second one to ``patch_out_dim``. ``norm_last_layer`` fixes
+    the weight-norm gains at 1 (not trained). Init as the reference: trunc-normal(0.02) MLP weights, zero
+    biases; the last layers keep torch's default init with their gains set to 1.
+
+    ``forward(x)``: (N, D) -> (N, K) class-token logits, or tokens (N, 1+L, D) -> ((N, K), (N, L, K2)).
+    The pieces: :meth:`project` (MLP + L2 norm, per token), :meth:`cls_logits`, :meth:`patch_logits`.
+
+    The last layers use ``torch.nn.utils.parametrizations.weight_norm``: the reference's
+    ``last_layer.weight_g`` / ``weight_v`` are ``last_layer.parametrizations.weight.original0`` /
+    ``original1`` here (:func:`ibot_head_state_dict` maps a reference state dict).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 8192, patch_out_dim: int | None = None, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True, shared_head: bool = False):
+        super().__init__()
+        if nlayers < 1 or bottleneck_dim < 1:
+            raise ValueError(f"iBOTHead needs nlayers >= 1 and bottleneck_dim >= 1, got {nlayers}, {bottleneck_dim}")
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i in range(nlayers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < nlayers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        init_trunc_normal_(self.mlp)
+        self.shared_head = bool(shared_head)
+        self.out_dim = int(out_dim)
+        self.patch_out_dim = self.out_dim if self.shared_head or patch_out_dim is None else int(patch_out_dim)
+        self.last_layer = self._prototypes(bottleneck_dim, self.out_dim, norm_last_layer)
+        self.last_layer2 = None if self.shared_head else self._prototypes(bottleneck_dim, self.patch_out_dim,
+                                                                            norm_last_layer)
+
+    @staticmethod
+    def _prototypes(dim: int, k: int, norm_last_layer: bool) -> nn.Module:
+        layer = nn.utils.parametrizations.weight_norm(nn.Linear(dim, k, bias=False))
+        gain = layer.parametrizations.weight.original0
+        with torch.no_grad():
+            gain.fill_(1.0)
+        gain.requires_grad_(not norm_last_layer)
+        return layer
+
+    def last_layers(self) -> list[nn.Module]:
+        """The prototype layers (frozen in the first part of training, see ``freeze_last_layer``)."""
+        return [self.last_layer] + ([self.last_layer2] if self.last_layer2 is not None else [])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP + L2 normalisation of every token (..., D) -> (..., bottleneck_dim)."""
+        return F.normalize(self.mlp(x), dim=-1, p=2)
+
+    def cls_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(z)
+
+    def patch_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return (self.last_layer if self.last_layer2 is None else self.last_layer2)(z)
+
+    def forward(self, x: torch.Tensor):
+        if x.ndim == 2:
+            return self.cls_logits(self.project(x))
+        z = self.project(x)
+        return self.cls_logits(z[:, 0]), self.patch_logits(z[:, 1:])
+
+
+def ibot_head_state_dict(reference: dict, shared_head: bool) -> dict:
+    """A reference ``iBOTHead`` state dict (``mlp.*``, ``last_layer.weight_g`` / ``weight_v``,
+    ``last_layer2.*``; no ``head.`` prefix) as :class:`IBOTHead` keys. With ``shared_head`` the reference
+    holds the shared layer twice (``last_layer2`` is ``last_layer``); here it is held once."""
+    names = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+    out = {}
+    for key, value in reference.items():
+        layer, _, leaf = key.rpartition(".")
+        if layer == "last_layer2" and shared_head:
+            continue
+        out[f"{layer}.{names.get(leaf, leaf)}" if layer in ("last_layer", "last_layer2") else key] = value
+    return out

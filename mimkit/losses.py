@@ -1,10 +1,12 @@
 """Pixel-target helpers and losses. Every method computes its loss on hidden positions only: the
 masked losses here take the mask (1 = hidden); :func:`masked_cross_entropy` and the teacher losses
-receive the hidden positions already selected by the method."""
+receive the hidden positions already selected by the method. :class:`IBOTLoss` is iBOT's
+self-distillation (class token across views, hidden patches within a view) with its centres."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -37,3 +39,108 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Mean cross-entropy of logits (M, K) against ids (M,); the caller passes the M hidden positions
     only (BEiT selects them with its mask before the head)."""
     return F.cross_entropy(logits.float(), labels)
+
+
+# ---- iBOT: self-distillation of the class token across views and of the hidden patches within a view ----
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32 (softmax at temperature 0.04 needs it); float32/64 kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def warmup_temperature(step: float, total_steps: float, start: float, end: float, warmup_fraction: float,
+                       start_fraction: float = 0.0) -> float:
+    """iBOT's teacher temperature at optimiser step ``step`` (a float is fine) of ``total_steps``: ``start``
+    until ``start_fraction`` of the run, then linear to ``end`` over the next ``warmup_fraction`` of it, then
+    ``end``. The reference counts in epochs (``np.linspace`` over ``warmup_teacher_temp_epochs``, the patch
+    temperature's warm-up starting at ``pred_start_epoch``); here they are fractions of the run."""
+    total = max(float(total_steps), 1.0)
+    begin, span = float(start_fraction) * total, float(warmup_fraction) * total
+    if step < begin:
+        return float(start)
+    if span <= 0 or step - begin >= span:
+        return float(end)
+    return float(start + (end - start) * (step - begin) / span)
+
+
+class IBOTLoss(nn.Module):
+    """iBOT's loss (bytedance/ibot ``main_ibot.py``, ``iBOTLoss``) with its two centres as buffers.
+
+    * class token: teacher probabilities ``softmax((t - center) / teacher_temp)`` of each global view ``q``
+      against the student's ``log_softmax(s / student_temp)`` of every view ``v != q`` (global and local),
+      cross-entropy averaged over the batch, then over the ``G * V - G`` pairs;
+    * patches: on the hidden patches of each global view, the same cross-entropy against the teacher's
+      ``softmax((t - center2) / teacher_patch_temp)`` of the *same* view; summed per view and image, divided
+      by its count of hidden patches (at least 1), averaged over the batch, then over the ``G`` views;
+    * total ``lambda1 * cls + lambda2 * patch``;
+    * after the loss, the centres move to ``m * c + (1 - m) * batch mean`` of the teacher's class-token
+      logits and of its patch logits averaged over the tokens of each view; the batch sum is
+      all-reduced over the processes when ``torch.distributed`` is initialised (as the reference).
+
+    ``forward`` takes the hidden patches only (the student's prediction is computed nowhere else):
+
+    * ``student_cls`` (V*B, K): class-token logits of every view, view-major, the G global views first;
+    * ``student_patch``, ``teacher_patch`` (M, K2): logits at the hidden patches, in the row-major order
+      of ``mask`` (what ``tokens[mask]`` gives);
+    * ``teacher_cls`` (G*B, K); ``teacher_patch_mean`` (G*B, K2): the teacher's patch logits averaged over
+      all patches of each view (with a bias-free last layer, the last layer of the averaged bottleneck);
+    * ``mask`` (G*B, L) bool, True = hidden.
+
+    Returns ``{"loss", "cls", "patch", "teacher_entropy"}`` (the last detached: the entropy of the
+    teacher's class-token distribution, a collapse gauge).
+    """
+
+    def __init__(self, out_dim: int, patch_out_dim: int | None = None, student_temp: float = 0.1,
+                 center_momentum: float = 0.9, center_momentum2: float = 0.9, lambda1: float = 1.0,
+                 lambda2: float = 1.0):
+        super().__init__()
+        self.student_temp = float(student_temp)
+        self.center_momentum, self.center_momentum2 = float(center_momentum), float(center_momentum2)
+        self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("center2", torch.zeros(1, 1, patch_out_dim or out_dim))
+
+    def forward(self, student_cls, student_patch, teacher_cls, teacher_patch, teacher_patch_mean, mask,
+                teacher_temp: float, teacher_patch_temp: float, num_global: int = 2,
+                update_center: bool = True) -> dict:
+        s_cls, s_patch = _full(student_cls), _full(student_patch)
+        t_cls, t_patch = _full(teacher_cls).detach(), _full(teacher_patch).detach()
+        g = int(num_global)
+        b = t_cls.shape[0] // g
+        v = s_cls.shape[0] // b
+        if g * b != t_cls.shape[0] or v * b != s_cls.shape[0] or v < 2 or mask.shape[0] != g * b:
+            raise ValueError(f"iBOT's loss needs G*B teacher rows, V*B student rows (V >= 2) and G*B mask rows; got "
+                             f"{t_cls.shape[0]}, {s_cls.shape[0]}, {mask.shape[0]} with G={g}")
+        # class token: every teacher global view q against every student view v != q
+        t_prob = F.softmax((t_cls - self.center) / teacher_temp, dim=-1)
+        s_logp = F.log_softmax(s_cls / self.student_temp, dim=-1)
+        pairs = -torch.einsum("qbk,vbk->qv", t_prob.reshape(g, b, -1), s_logp.reshape(v, b, -1)) / b
+        off = ~torch.eye(g, v, dtype=torch.bool, device=pairs.device)
+        cls = (pairs * off).sum() / (g * v - min(g, v)) * self.lambda1
+        # patches: the same view's teacher at the hidden patches, per image over its hidden count
+        tp_prob = F.softmax((t_patch - self.center2.reshape(1, -1)) / teacher_patch_temp, dim=-1)
+        ce = torch.sum(-tp_prob * F.log_softmax(s_patch / self.student_temp, dim=-1), dim=-1)
+        per_token = torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device).masked_scatter(mask.bool(), ce)
+        per_view = per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)
+        patch = per_view.mean() * self.lambda2
+        with torch.no_grad():
+            entropy = -(t_prob * torch.log(t_prob.clamp_min(1e-30))).sum(-1).mean()
+        if update_center:
+            self.update_center(t_cls, _full(teacher_patch_mean))
+        return {"loss": cls + patch, "cls": cls, "patch": patch, "teacher_entropy": entropy}
+
+    @torch.no_grad()
+    @torch.compiler.disable  # an in-place buffer update and a collective, eagerly under torch.compile
+    def update_center(self, teacher_cls: torch.Tensor, teacher_patch_mean: torch.Tensor) -> None:
+        """EMA of the batch means (over all processes) of the teacher's class and patch logits."""
+        cls_sum = teacher_cls.sum(0, keepdim=True)
+        patch_sum = teacher_patch_mean.sum(0, keepdim=True)
+        world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            both = torch.cat([cls_sum, patch_sum], dim=1)
+            torch.distributed.all_reduce(both)
+            cls_sum, patch_sum = both[:, : cls_sum.shape[1]], both[:, cls_sum.shape[1]:]
+        cls_center = cls_sum / (len(teacher_cls) * world)
+        patch_center = (patch_sum / (len(teacher_patch_mean) * world)).unsqueeze(0)
+        self.center.copy_(self.center * self.center_momentum + cls_center * (1 - self.center_momentum))
+        self.center2.copy_(self.center2 * self.center_momentum2 + patch_center * (1 - self.center_momentum2))

@@ -16,6 +16,7 @@ visible. ``random_masking`` is MAE's shuffle on token tensors.
 | ``explicit`` | :class:`ExplicitMasking` | a mask the user supplies |
 | ``inverse_block`` | :class:`InverseBlockMasking` | data2vec 2.0: all but ``int(L*(1-r))`` patches grown as visible blocks |
 | ``multiblock`` | :class:`MultiBlockMasking` | I-JEPA: all but one context block minus several target blocks |
+| ``ibot`` | :class:`IBOTMasking` | iBOT: a ratio drawn per view, then BEiT blocks (or random patches) |
 
 :func:`make_masks` is the one front end every method calls: it turns a caller's ``mask`` or ``noise``,
 or the method's own generator, into a :class:`Masks` (the bool mask, plus ``ids_keep`` /
@@ -198,6 +199,42 @@ class SimMIMMasking(MaskGenerator):
                 f"model_patch_size={self.model_patch_size})")
 
 
+def block_mask(rng: random.Random, h: int, w: int, target: float, min_area: float, max_area: float | None,
+               log_aspect: tuple[float, float], rects: list | None = None) -> torch.Tensor:
+    """BEiT's block-wise mask of one sample on an ``h x w`` grid, flattened (bool, True = hidden): until
+    ``target`` patches (an int for BEiT, a float for iBOT) are hidden, up to 10 draws of a rectangle of
+    area ``U(min_area, remaining)`` (at most ``max_area``) and log-uniform aspect, accepted when it adds
+    between 1 and the remaining number of patches; a pass that adds nothing ends the sample.
+    ``rects`` receives the accepted rectangles ``(top, left, height, width)``."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    count = 0
+    while count < target:
+        max_patches = min(target - count, max_area or target)
+        delta = 0
+        for _ in range(10):
+            # the reference draws uniform(min, max) even when min > max (Python then returns a
+            # value between the two); kept for fidelity
+            area = rng.uniform(min_area, max_patches)
+            aspect = math.exp(rng.uniform(*log_aspect))
+            bh = int(round(math.sqrt(area * aspect)))
+            bw = int(round(math.sqrt(area / aspect)))
+            if bw < w and bh < h:
+                top = rng.randint(0, h - bh)
+                left = rng.randint(0, w - bw)
+                new = bh * bw - int(mask[top:top + bh, left:left + bw].sum())
+                if 0 < new <= max_patches:
+                    mask[top:top + bh, left:left + bw] = True
+                    delta = new
+                    if rects is not None:
+                        rects.append((top, left, bh, bw))
+                if delta > 0:
+                    break
+        if delta == 0:
+            break
+        count += delta
+    return mask.reshape(-1)
+
+
 class BlockMasking(MaskGenerator):
     """BEiT block-wise masking, as in the reference implementation.
 
@@ -239,33 +276,7 @@ class BlockMasking(MaskGenerator):
                              f"patch grid; use at most {grid[0] * grid[1]} or pass ratio instead")
 
     def _one(self, rng: random.Random, h: int, w: int, target: int, rects: list | None = None) -> torch.Tensor:
-        mask = torch.zeros(h, w, dtype=torch.bool)
-        count = 0
-        while count < target:
-            max_patches = min(target - count, self.max_num_patches or target)
-            delta = 0
-            for _ in range(10):
-                # the reference draws uniform(min, max) even when min > max (Python then returns a
-                # value between the two); kept for fidelity
-                area = rng.uniform(self.min_num_patches, max_patches)
-                aspect = math.exp(rng.uniform(*self.log_aspect))
-                bh = int(round(math.sqrt(area * aspect)))
-                bw = int(round(math.sqrt(area / aspect)))
-                if bw < w and bh < h:
-                    top = rng.randint(0, h - bh)
-                    left = rng.randint(0, w - bw)
-                    new = bh * bw - int(mask[top:top + bh, left:left + bw].sum())
-                    if 0 < new <= max_patches:
-                        mask[top:top + bh, left:left + bw] = True
-                        delta = new
-                        if rects is not None:
-                            rects.append((top, left, bh, bw))
-                    if delta > 0:
-                        break
-            if delta == 0:
-                break
-            count += delta
-        return mask.reshape(-1)
+        return block_mask(rng, h, w, target, self.min_num_patches, self.max_num_patches, self.log_aspect, rects)
 
     def __call__(self, batch_size, grid, generator=None, device=None, rects: list | None = None):
         """``rects``: optional list that receives, per sample, the list of accepted rectangles
@@ -286,6 +297,83 @@ class BlockMasking(MaskGenerator):
     def __repr__(self):
         return (f"BlockMasking(num_masking_patches={self.num_masking_patches}, ratio={self.ratio}, "
                 f"min_num_patches={self.min_num_patches})")
+
+
+def _ratio_list(value, name: str) -> tuple[float, ...]:
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}") from None
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    return values
+
+
+class IBOTMasking(MaskGenerator):
+    """iBOT's masking (bytedance/ibot ``loader.py``, ``ImageFolderMask``): every row (one view of one
+    image) draws its own prediction ratio as ``get_pred_ratio`` does -- for each pair ``(r, var)`` of
+    ``pred_ratio`` / ``pred_ratio_var`` a uniform in ``[r - var, r + var]`` (``r`` when ``var`` is 0), then a
+    uniform choice among the pairs -- and hides about ``ratio * L`` patches (a float target, not rounded):
+
+    * ``shape="block"``: BEiT's block-wise rectangles (:func:`block_mask`), with iBOT's smallest block
+      ``(min(h, w) // 3) ** 2`` patches (16 on 14x14, 4 on 7x7) and aspect in ``[min_aspect, 1/min_aspect]``;
+    * ``shape="rand"``: ``int(ratio * L)`` random patches.
+
+    A ratio of 0 hides nothing: with ``pred_ratio=(0, 0.3)``, ``pred_ratio_var=(0, 0.2)`` (the ViT-S/16
+    command) half the views stay whole and the others hide 10-50%. Differences from :class:`BlockMasking`:
+    the ratio is drawn per row, the target is the float ``ratio * L``, the smallest block follows the
+    grid, and there is no largest block. Each row draws from its own ``random.Random`` seeded from
+    ``generator`` (the reference draws from Python's global ``random`` in its data workers)."""
+
+    def __init__(self, pred_ratio=0.3, pred_ratio_var=0.0, min_aspect: float = 0.3, shape: str = "block"):
+        self.pred_ratio = _ratio_list(pred_ratio, "pred_ratio")
+        var = _ratio_list(pred_ratio_var, "pred_ratio_var")
+        if len(var) == 1 and len(self.pred_ratio) > 1:
+            var = var * len(self.pred_ratio)  # the reference broadcasts a single variance
+        if len(var) != len(self.pred_ratio):
+            raise ValueError(f"pred_ratio_var needs one value per pred_ratio ({len(self.pred_ratio)}), got {len(var)}")
+        for r, v in zip(self.pred_ratio, var):
+            if not (0 <= v <= r and r + v <= 1):
+                raise ValueError(f"each pred_ratio r and its pred_ratio_var v need 0 <= v <= r and r + v <= 1 "
+                                 f"(ratios are drawn in [r - v, r + v]); got r={r}, v={v}")
+        self.pred_ratio_var = var
+        if not min_aspect > 0:
+            raise ValueError(f"min_aspect must be > 0 (e.g. 0.3), got {min_aspect}")
+        self.log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
+        if shape not in ("block", "rand"):
+            raise ValueError(f"shape must be 'block' or 'rand', got {shape!r}")
+        self.shape = shape
+
+    def draw_ratio(self, rng: random.Random) -> float:
+        """One view's ratio, with the reference's draws in its order (one uniform per pair with a
+        variance, then ``choice``)."""
+        ratios = [rng.uniform(r - v, r + v) if v > 0 else r for r, v in zip(self.pred_ratio, self.pred_ratio_var)]
+        return rng.choice(ratios) if len(ratios) > 1 else ratios[0]
+
+    def one(self, rng: random.Random, grid, ratios: list | None = None) -> torch.Tensor:
+        """The mask (h*w,) of one view from ``rng``; ``ratios`` receives the ratio drawn."""
+        h, w = grid
+        ratio = self.draw_ratio(rng)
+        if ratios is not None:
+            ratios.append(ratio)
+        high = ratio * h * w
+        if self.shape == "rand":
+            m = torch.zeros(h * w, dtype=torch.bool)
+            m[rng.sample(range(h * w), int(high))] = True
+            return m
+        return block_mask(rng, h, w, high, (min(h, w) // 3) ** 2, None, self.log_aspect)
+
+    def __call__(self, batch_size, grid, generator=None, device=None, ratios: list | None = None):
+        """``ratios``: optional list that receives each row's drawn ratio (for inspection and tests)."""
+        gen_device = generator.device if generator is not None else "cpu"
+        seeds = torch.randint(0, 2**31 - 1, (batch_size,), generator=generator, device=gen_device).tolist()
+        if not seeds:
+            return torch.zeros(0, grid[0] * grid[1], dtype=torch.bool, device=device)
+        return torch.stack([self.one(random.Random(s), grid, ratios) for s in seeds]).to(device)
+
+    def __repr__(self):
+        return f"IBOTMasking(pred_ratio={self.pred_ratio}, pred_ratio_var={self.pred_ratio_var}, shape={self.shape!r})"
 
 
 class CenterMasking(MaskGenerator):
@@ -448,6 +536,7 @@ MASKINGS = {
     "explicit": ExplicitMasking,
     "inverse_block": InverseBlockMasking,
     "multiblock": MultiBlockMasking,
+    "ibot": IBOTMasking,
 }
 
 

@@ -10,15 +10,15 @@
 ``mimkit_config`` (``{"recipe": name, **options}`` or ``{"recipe": None, "builder": name, **options}``),
 which :func:`build_from_config` turns back into the same model (``config.json`` of a saved model, the
 ``model_config`` of a Lightning checkpoint); a built part passed to a builder (BEiT's tokenizer) is
-recorded as ``<name>_config``. Builders and recipes are registered by the modules of
-:mod:`mimkit.methods` and :mod:`mimkit.tokenizer.recipes`, imported on first use.
+recorded as ``<name>_config``. Builders and recipes are registered by the modules that stand above
+the registry when they are imported, as timm's models register themselves: every module of
+:mod:`mimkit.methods` and :mod:`mimkit.tokenizer.recipes`, which ``import mimkit`` imports. The registry
+imports none of them (``tests/test_architecture.py``): it only holds what was registered.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
-import pkgutil
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -39,7 +39,6 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
-_LOADED = False
 
 
 def register_builder(name: str, builder: Callable[..., Any], *, options=(), prepare=None) -> Callable[..., Any]:
@@ -91,21 +90,7 @@ def _builder_entry(builder) -> _Entry:
                      "register_builder(name, builder) before registering its recipes")
 
 
-def _load_all() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    # the plugins are found by name, as entry points are: the registry stands below the modules that
-    # register into it and imports none of them (see tests/test_architecture.py)
-    methods = importlib.import_module("mimkit.methods")
-    for info in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"mimkit.methods.{info.name}")
-    importlib.import_module("mimkit.tokenizer.recipes")
-
-
 def _entry(name: str) -> _Entry:
-    _load_all()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -138,13 +123,11 @@ def _check_keys(entry: _Entry, kwargs: dict, name: str) -> None:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of all registered recipes (optionally those containing ``pattern``)."""
-    _load_all()
     return sorted(n for n, e in _REGISTRY.items() if e.recipe and (pattern is None or pattern in n))
 
 
 def list_builders() -> list[str]:
     """Short names of all registered builders (``mae``, ``simmim``, ..., ``dvae``)."""
-    _load_all()
     return sorted(n for n, e in _REGISTRY.items() if not e.recipe)
 
 
@@ -198,7 +181,6 @@ def build_from_config(cfg: dict):
     if recipe:
         return create(recipe, **cfg)
     if builder:
-        _load_all()
         entry = _REGISTRY.get(builder)
         if entry is None or entry.recipe:
             raise ValueError(f"config names unknown builder {builder!r}; known: {list_builders()}")

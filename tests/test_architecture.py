@@ -1,12 +1,13 @@
 """The import contracts as tests: mimkit's layers (``[tool.importlinter]`` in pyproject.toml, also run by
-``lint-imports`` in ``make test``), no import cycle between modules, no module taking another's private
-name, and the old data module paths still working with a DeprecationWarning. Lazy imports inside
-functions count: grimp reads every import statement of a module, wherever it stands."""
+``lint-imports`` in ``make test``), no import cycle between modules, no ignored import in any contract,
+no module taking another's private name, a registry that imports no method or tokenizer module (they
+register themselves when ``import mimkit`` imports their packages), and one definition of each schedule.
+Lazy imports inside functions count: grimp reads every import statement of a module, wherever it stands."""
 
 from __future__ import annotations
 
 import ast
-import importlib
+import subprocess
 import sys
 import tomllib
 import warnings
@@ -99,13 +100,24 @@ def test_layers_hold(graph):
     assert _illegal(graph, "data") == []
 
 
-def test_every_module_stands_in_a_layer():
+def test_every_module_stands_in_a_layer_and_every_layer_is_a_module():
     layers = _contracts()["layers"]["layers"]
     named = {p.strip() for entry in layers for p in entry.replace(":", "|").split("|")}
     children = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {
         p.parent.name for p in PACKAGE.glob("*/__init__.py")
     }
     assert children - named == set()
+    assert named - children == set()  # no layer left for a module that is gone (the removed data shims)
+
+
+def test_no_contract_ignores_an_import():
+    assert {c["id"]: c["ignore_imports"] for c in _contracts().values() if c.get("ignore_imports")} == {}
+
+
+def test_train_imports_nothing_of_eval(graph):
+    """The report after training is the command layer's (mimkit.commands.pretrain): the engine does not
+    reach the evaluation, directly or through another module."""
+    assert graph.find_shortest_chain("mimkit.train", "mimkit.eval", as_packages=True) is None
 
 
 def test_no_import_cycle(graph):
@@ -148,20 +160,116 @@ def test_no_module_takes_another_modules_private_name():
     assert _private_imports() == []
 
 
-@pytest.mark.parametrize(
-    "old, new, name",
-    [
-        ("mimkit.shards", "mimkit.data.shards", "ShardImages"),
-        ("mimkit.hf_dataset", "mimkit.data.hf_dataset", "HFImages"),
-        ("mimkit.device_data", "mimkit.data.device", "DeviceAugment"),
-    ],
-)
-def test_old_data_paths_warn_and_work(old, new, name):
-    sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")) as record:
-        mod = importlib.import_module(old)
-    assert record[0].filename.endswith("__init__.py")  # importlib.import_module here; a plain import: its line
-    assert mod is importlib.import_module(new) and getattr(mod, name) is getattr(importlib.import_module(new), name)
+def test_the_removed_data_shims_are_gone():
+    for old in ("shards", "hf_dataset", "device_data"):  # never released: mimkit.data.<module> is the path
+        assert not (PACKAGE / f"{old}.py").exists()
+    with pytest.raises(ModuleNotFoundError):
+        __import__("mimkit.device_data")
+
+
+# ---- the registry: methods and tokenizers register themselves -------------------------------------
+PLUGINS = ("mimkit.methods", "mimkit.tokenizer")
+
+
+def _name_imports(path: Path) -> list[str]:
+    """What a module imports by name at run time (importlib.import_module, __import__, pkgutil) or names
+    outside its docstrings: imports grimp cannot see."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in ("import_module", "__import__", "iter_modules", "walk_packages"):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if any(p in node.value for p in PLUGINS):
+                found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+def test_the_registry_imports_no_method_or_tokenizer_module(graph):
+    upstream = graph.find_upstream_modules("mimkit.registry")  # everything it imports, directly or not
+    assert sorted(m for m in upstream if m.startswith(PLUGINS)) == []
+    assert _name_imports(PACKAGE / "registry.py") == []
+
+
+def test_the_check_sees_a_registry_that_imports_methods(graph, tmp_path):
+    """What the two checks above say about the old registry, which imported the plugins by name."""
+    old = tmp_path / "registry.py"
+    old.write_text('import importlib\n\ndef _load_all():\n    importlib.import_module("mimkit.methods")\n')
+    assert [f.split(": ")[1] for f in _name_imports(old)] == [
+        "importlib.import_module('mimkit.methods')",
+        "'mimkit.methods'",
+    ]
+    graph.add_import(importer="mimkit.registry", imported="mimkit.tokenizer.recipes")
+    try:
+        assert "mimkit.tokenizer.recipes" in graph.find_upstream_modules("mimkit.registry")
+    finally:
+        graph.remove_import(importer="mimkit.registry", imported="mimkit.tokenizer.recipes")
+
+
+def _run(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_the_registry_alone_registers_nothing():
+    """Imported without the package's __init__ (which imports the plugins), the registry loads no
+    method or tokenizer module on its own, however it is asked."""
+    out = _run(
+        "import sys, types\n"
+        f"pkg = types.ModuleType('mimkit'); pkg.__path__ = [{str(PACKAGE)!r}]; sys.modules['mimkit'] = pkg\n"
+        "import mimkit.registry as r\n"
+        "assert r.list_models() == [] and r.list_builders() == []\n"
+        "try:\n    r.create('mae_vit_tiny_patch4_28')\nexcept KeyError as e:\n    print(e)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('mimkit.methods', 'mimkit.tokenizer'))))\n"
+    )
+    assert out.splitlines() == [
+        "\"unknown recipe 'mae_vit_tiny_patch4_28'. `mimkit.list_models()` or `mimkit models` lists them all.\"",
+        "[]",
+    ]
+
+
+def test_import_mimkit_registers_every_method_module_and_the_tokenizers():
+    """``import mimkit`` imports every file of mimkit/methods/ (a new method is a new file, nothing to
+    list) and the tokenizer recipes, and no training framework."""
+    out = _run(
+        "import sys, mimkit\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mimkit.methods.')))\n"
+        "print('dvae_tiny_28' in mimkit.list_models(), type(mimkit.create('mae_vit_tiny_patch4_28')).__name__)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'gradio')))\n"
+    )
+    files = sorted(f"mimkit.methods.{p.stem}" for p in (PACKAGE / "methods").glob("*.py") if not p.stem.startswith("_"))
+    assert out.splitlines() == [str(files), "True MAE", "[]"]
+
+
+# ---- one definition of each schedule ---------------------------------------------------------------
+def test_one_warmup_cosine_for_pretraining_finetuning_and_the_probe():
+    import mimkit.eval.finetune
+    import mimkit.eval.linear
+    import mimkit.schedules
+    import mimkit.train.module
+
+    defs: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.endswith(("_cosine", "_schedule")):
+                defs.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    assert defs["warmup_cosine"] == ["mimkit/schedules.py"]
+    assert {name: where for name, where in defs.items() if len(where) > 1} == {}  # each schedule defined once
+    one = mimkit.schedules.warmup_cosine
+    assert mimkit.train.module.warmup_cosine is one
+    assert mimkit.eval.linear.warmup_cosine is one and mimkit.eval.finetune.warmup_cosine is one
 
 
 # every public name of the former mimkit/data.py

@@ -221,6 +221,49 @@ def test_cli_names_the_extra_when_gradio_is_missing(monkeypatch, capsys, tmp_pat
     assert len(err) == 1 and "pip install 'mimkit[app]'" in err[0], err
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.1.1"])
+def test_a_loopback_host_says_nothing(host, monkeypatch, capsys, tmp_path):
+    from mimkit.commands.explore import host_warning
+
+    assert host_warning(host) is None
+    monkeypatch.setitem(sys.modules, "gradio", None)  # stops the command before any model or server
+    assert main(["explore", "--checkpoint", str(tmp_path), "--host", host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" not in err[0] and "pip install 'mimkit[app]'" in err[0], err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "my-machine.lan"])
+def test_another_host_warns_that_the_page_has_no_authentication(host, monkeypatch, capsys, tmp_path):
+    from mimkit.commands.explore import host_warning
+
+    want = (f"mimkit explore: warning: --host {host} exposes the page to the network, and it has no "
+            "authentication; anyone who can reach this port can use it")
+    assert host_warning(host) == want
+    monkeypatch.setitem(sys.modules, "gradio", None)  # stops the command before any model or server
+    assert main(["explore", "--checkpoint", str(tmp_path), "--host", host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == want and len(err) == 2 and "pip install 'mimkit[app]'" in err[1], err  # first, once
+
+
+def test_the_page_shows_paths_under_the_current_directory_relative_to_it(tmp_path, monkeypatch):
+    from mimkit.app.explorer import shown_path
+
+    here = tmp_path / "project"
+    assert shown_path(here / "runs" / "demo", cwd=here) == "runs/demo"
+    assert shown_path(f"hf:{here / 'hf' / 'vitmae'}", cwd=here) == "hf:hf/vitmae"
+    assert shown_path("runs/demo", cwd=here) == "runs/demo" and shown_path("recipe:mae_vit_tiny_patch4_28") == (
+        "recipe:mae_vit_tiny_patch4_28")
+    elsewhere = tmp_path / "elsewhere" / "model"
+    assert shown_path(elsewhere, cwd=here) == str(elsewhere)  # not under it: as given
+    # the page itself: a model given by its absolute path, from the directory above it
+    model_dir = save_tiny(tmp_path, "mae_vit_tiny_patch4_28", **SMALL)
+    monkeypatch.chdir(tmp_path)
+    ex = Explorer(str(model_dir.resolve()), **LIMITS)
+    about, note = ex.describe(), ex.run_summary()["note"]
+    assert "from `mae_vit_tiny_patch4_28`:" in about and str(tmp_path) not in about, about
+    assert note.startswith("`mae_vit_tiny_patch4_28` is a model") and str(tmp_path) not in note, note
+
+
 @pytest.mark.skipif(not has("gradio"), reason="gradio is not installed (pip install 'mimkit[app]')")
 def test_cli_bad_checkpoint_is_one_line(tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")

@@ -33,6 +33,8 @@ TINY = {
                                                        decoder_layers=1, top_k_layers=2, num_masks=2)),
     "ijepa": ("ijepa_vit_tiny_patch4_28", dict(embed_dim=32, depth=2, num_heads=2, predictor_embed_dim=16,
                                                predictor_depth=1, predictor_num_heads=2)),
+    "ibot": ("ibot_vit_tiny_patch4_28", dict(embed_dim=32, depth=2, num_heads=2, out_dim=64, hidden_dim=32,
+                                             bottleneck_dim=16)),
 }
 OTHER_SIZE = {"simmim_swin": (32, 48)}  # Swin: multiples of its stride (8); ViTs: any multiple of the patch
 METHODS = [m for m in TINY if m in list_builders()]

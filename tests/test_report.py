@@ -1,8 +1,7 @@
 """`mimkit report`: encoders beside raw pixels and random init on a user's labelled folder of real images
 (Fashion-MNIST written as PNG files; a colour folder of another size), its bad-input lines, the
-`run.report` hook of pretraining, and `benchmarks/fmnist_quality.py` printing the same numbers."""
+`run.report` hook of pretraining."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,16 @@ from PIL import Image
 import mimkit
 from mimkit.cli import main
 from mimkit.data import load_fashion_mnist
-from mimkit.eval.data import balanced_indices
 from mimkit.eval.knn import knn_accuracy
-from mimkit.eval.report import accuracy, build_report, load_report_data
+from mimkit.eval.protocols import Settings
+from mimkit.eval.report import accuracy, build_report, find, load_report_data
+from mimkit.eval.splits import scarce_subsets, validation_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CLASSES = {0: "tshirt", 1: "trouser", 7: "sneaker"}  # three Fashion-MNIST classes, named as a user would
+CLASSES = {0: "tshirt", 1: "trouser", 2: "pullover", 3: "dress", 4: "coat", 5: "sandal", 6: "shirt", 7: "sneaker",
+           8: "bag", 9: "boot"}  # Fashion-MNIST's classes, named as a user would
+QUICK = Settings(probe_epochs=3, max_probe_epochs=6, logreg_iters=100, blrs=(0.1,), cs=(1.0,))  # short and small grids
 TINY = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 
 
@@ -46,8 +48,8 @@ def write_pngs(root: Path, per_class: dict, split_offset: int = 0, size=None, co
 def png_folder(tmp_path_factory):
     """train/ + test/ of three classes, 28x28 grayscale PNGs: 80 + 30 per class (330 images)."""
     root = tmp_path_factory.mktemp("pngs")
-    write_pngs(root / "train", {c: 80 for c in CLASSES})
-    write_pngs(root / "test", {c: 30 for c in CLASSES}, split_offset=80)
+    write_pngs(root / "train", {c: 80 for c in (0, 1, 7)})
+    write_pngs(root / "test", {c: 30 for c in (0, 1, 7)}, split_offset=80)
     return root
 
 
@@ -73,40 +75,83 @@ def read_folder(folder: Path, mean=0.5, std=0.5):
 def test_report_end_to_end_on_a_png_folder(png_folder, tiny_run, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", "--checkpoint", str(tiny_run), "--data", str(png_folder), "--labels-per-class", "5,20",
-                 "--probe-epochs", "5", "--out", str(out), "--no-progress"]) == 0
+                 "--probe-epochs", "3", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
     rows = rep["rows"]
-    assert all({"encoder", "protocol", "labels_per_class", "accuracy"} <= set(r) for r in rows)
-    # 3 encoders x 2 protocols x 3 label budgets (all, 5, 20), no fine-tuning unless asked
-    assert len(rows) == 18
+    assert all({"encoder", "protocol", "labels_per_class", "accuracy", "labels_used", "choice"} <= set(r) for r in rows)
+    # 3 rows x 4 protocols (20-NN, probe, logistic regression, the better linear one) x 3 label budgets
+    assert len(rows) == 36
     assert {r["encoder"] for r in rows} == {"raw_pixels", "random_init", "tiny-run"}
-    assert {r["protocol"] for r in rows} == {"knn", "linear"}
+    assert {r["protocol"] for r in rows} == {"knn", "linear", "logreg", "best_linear"}
     assert {r["labels_per_class"] for r in rows} == {5, 20, None}
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
-    # raw pixels' 20-NN is the protocol on the flattened images as the encoder receives them, computed here
+    # the same labels for every row of a column: all 240 with all labels, N x 3 classes with N per class
+    assert all(r["labels_used"] == (240 if r["labels_per_class"] is None else 3 * r["labels_per_class"]) for r in rows)
+    # raw pixels choose their preprocessing like an encoder its pooling; its 20-NN, computed here on the chosen one
     xtr, ytr = read_folder(png_folder / "train")
     xte, yte = read_folder(png_folder / "test")
-    assert accuracy(rep, "raw_pixels", "knn") == pytest.approx(knn_accuracy(xtr, ytr, xte, yte, k=20), abs=1e-6)
-    # scarce labels come from outside the validation split (the last sixth of the training images, which
-    # --pool auto chooses poolings on), for raw pixels and encoders alike
-    fit = len(ytr) - len(ytr) // 6
-    assert rep["val_size"] == len(ytr) // 6 == 40
-    idx = balanced_indices(ytr[:fit], 5, seed=0)
-    assert all(r.get("pool") in ("cls", "mean", "both", "last4") and "val" in r for r in rows if r["encoder"] != "raw_pixels")
-    assert accuracy(rep, "raw_pixels", "knn", 5) == pytest.approx(
-        knn_accuracy(xtr[idx], ytr[idx], xte, yte, k=15), abs=1e-6)
+    unit = lambda x: x * 0.5 + 0.5  # noqa: E731  ([0, 1] pixels from the normalised ones)
+    pick = find(rep, "raw_pixels", "knn")["choice"]
+    assert pick in ("standardised", "[0, 1]")
+    f = (lambda x: x) if pick == "standardised" else unit
+    assert accuracy(rep, "raw_pixels", "knn") == pytest.approx(knn_accuracy(f(xtr), ytr, f(xte), yte, k=20), abs=1e-6)
+    # validation is drawn per class; the scarce subsets come from the rest, three draws, every class in each
+    assert rep["splits"]["validation"]["per_class"] == {"sneaker": 13, "trouser": 13, "tshirt": 13}
+    fit, _ = validation_split(ytr, 1 / 6, seed=0)
+    draws = scarce_subsets(ytr, fit, 5, draws=3, seed=0)
+    assert rep["splits"]["scarce"]["5"]["draws"] == [{"sneaker": 5, "trouser": 5, "tshirt": 5}] * 3
+    knn5 = find(rep, "raw_pixels", "knn", 5)
+    for d, idx in enumerate(draws):
+        g = (lambda x: x) if knn5["choice"][d] == "standardised" else unit
+        assert knn5["draws"][d] == pytest.approx(knn_accuracy(g(xtr[idx]), ytr[idx], g(xte), yte, k=15), abs=1e-6)
+    assert all(r["choice"] for r in rows if r["encoder"] != "raw_pixels")
+    # intervals and verdicts against raw pixels
+    for r in rows:
+        if r["labels_per_class"] is None:
+            assert r["ci"][0] <= r["accuracy"] <= r["ci"][1]
+        else:
+            assert len(r["draws"]) == 3
+        if r["encoder"] != "raw_pixels":
+            assert r["vs_raw"]["verdict"] in ("better", "tie", "worse") and r["vs_raw"]["lo"] <= r["vs_raw"]["hi"]
     # the data said as it is
     d = rep["data"]
     assert d["classes"] == ["sneaker", "trouser", "tshirt"] and d["train_images"] == 240 and d["test_images"] == 90
     assert d["train_per_class"] == {"sneaker": 80, "trouser": 80, "tshirt": 80} and d["encoder_input"] == "1x28x28"
     md = (out / "report.md").read_text()
     assert "| encoder" in md and "raw pixels" in md and "`tiny-run`" in md and "sneaker (80 / 30)" in md
-    assert "Wall times" in md and "20-NN" in md and "linear probe, 5/class" in md
+    assert "Wall times" in md and "20-NN" in md and "linear probe, 5/class" in md and "Against raw pixels" in md
     for pic in ("report.png", "neighbours.png"):
         with Image.open(out / pic) as im:
             assert im.size[0] > 300 and im.size[1] > 200
-    assert "raw pixels" in text and str(out / "report.md") in text
+    assert "raw pixels" in text and str(out / "report.md") in text and ("better" in text or "tie" in text or "worse" in text)
+
+
+def test_a_class_sorted_ten_class_folder_holds_every_class_in_validation_and_every_subset(tiny_run, tmp_path):
+    """A folder as a user has it: one sub-folder per class, so its rows are sorted by class. Every class is
+    in the validation split and in every scarce subset, and raw pixels' figures agree with an independent
+    20-NN on the same files."""
+    root = tmp_path / "ten"
+    write_pngs(root / "train", {c: 30 for c in CLASSES})
+    write_pngs(root / "test", {c: 10 for c in CLASSES}, split_offset=30)
+    rep = build_report([str(tiny_run)], str(root), None, labels_per_class=[10], settings=QUICK, progress=False)
+    sp = rep["splits"]
+    assert set(sp["validation"]["per_class"].values()) == {5}  # a sixth of each class's 30
+    assert set(sp["fit"]["per_class"].values()) == {25}
+    assert sp["scarce"]["10"]["draws"] == [{c: 10 for c in sorted(CLASSES.values())}] * 3
+    xtr, ytr = read_folder(root / "train")
+    xte, yte = read_folder(root / "test")
+    fit, _ = validation_split(ytr, 1 / 6, seed=0)
+    unit = lambda x: x * 0.5 + 0.5  # noqa: E731
+    raw = find(rep, "raw_pixels", "knn", 10)
+    for d, idx in enumerate(scarce_subsets(ytr, fit, 10, draws=3, seed=0)):
+        assert torch.bincount(ytr[idx], minlength=10).tolist() == [10] * 10
+        g = (lambda x: x) if raw["choice"][d] == "standardised" else unit
+        assert raw["draws"][d] == pytest.approx(knn_accuracy(g(xtr[idx]), ytr[idx], g(xte), yte, k=20), abs=1e-6)
+    full = find(rep, "raw_pixels", "knn")
+    g = (lambda x: x) if full["choice"] == "standardised" else unit
+    assert full["accuracy"] == pytest.approx(knn_accuracy(g(xtr), ytr, g(xte), yte, k=20), abs=1e-6)
+    assert raw["accuracy"] > 0.4  # every class has labels: far from the 0.1 of a subset that misses classes
 
 
 def test_colour_folder_of_another_size_split_by_test_fraction(tmp_path):
@@ -114,18 +159,20 @@ def test_colour_folder_of_another_size_split_by_test_fraction(tmp_path):
     root = write_pngs(tmp_path / "colour", {0: 40, 1: 40, 7: 40}, size=(40, 36), colour=True)
     torch.manual_seed(2)
     model = mimkit.create("mae_vit_tiny_patch4_28", in_chans=3, **TINY)
-    rep = build_report([model], str(root), tmp_path / "out", names=["rgb"], labels_per_class=[10], probe_epochs=3,
-                       test_fraction=0.25, seed=3, progress=False)
+    rep = build_report([model], str(root), tmp_path / "out", names=["rgb"], labels_per_class=[10], settings=QUICK,
+                       test_fraction=0.25, seed=3, draws=1, progress=False)
     d = rep["data"]
     assert d["original_sizes"] == {"40x36": 120} and d["encoder_input"] == "3x28x28"
     assert d["test_images"] == 30 and d["train_images"] == 90  # round(0.25 * 40) per class held out
     assert set(d["test_per_class"].values()) == {10}
     assert "resized to 28" in d["preprocessing"] and "one folder split" in d["layout"]
-    assert len(rep["rows"]) == 3 * 2 * 2
-    # raw pixels: 3 * 28 * 28 values per image, exactly what the encoder is fed
+    assert len(rep["rows"]) == 3 * 4 * 2
+    # raw pixels: 3 * 28 * 28 values per image, exactly what the encoder is fed ([0, 1] or normalised)
     data = load_report_data(str(root), model, test_fraction=0.25, seed=3, progress=False)
     assert tuple(data.train.images.shape[1:]) == (3, 28, 28)
     xtr, xte = data.train.images.flatten(1), data.test.images.flatten(1)
+    if find(rep, "raw_pixels", "knn")["choice"] == "[0, 1]":
+        xtr, xte = xtr * 0.5 + 0.5, xte * 0.5 + 0.5
     assert accuracy(rep, "raw_pixels", "knn") == pytest.approx(
         knn_accuracy(xtr, data.train.labels, xte, data.test.labels), abs=1e-6)
     # the split is fixed by the seed, and another seed gives another split
@@ -137,21 +184,23 @@ def test_colour_folder_of_another_size_split_by_test_fraction(tmp_path):
 
 
 def test_finetune_rows_with_the_equal_time_scratch_baseline(png_folder, tiny_run, tmp_path):
-    rep = build_report([str(tiny_run)], str(png_folder), None, labels_per_class=[20], probe_epochs=2,
-                       finetune_minutes=0.02, pretrain_minutes=0.01, finetune_batch_size=32, progress=False)
+    rep = build_report([str(tiny_run)], str(png_folder), None, labels_per_class=[20], settings=QUICK, draws=1,
+                       finetune_minutes=0.05, pretrain_minutes=0.05, finetune_batch_size=32, progress=False)
     ft = [r for r in rep["rows"] if r["protocol"] == "finetune"]
     assert {(r["encoder"], r["labels_per_class"]) for r in ft} == {
         ("tiny-run", None), ("tiny-run", 20), ("random_init", None), ("random_init", 20)}
-    assert all(r["steps"] >= 1 and 0 <= r["accuracy"] <= 1 for r in ft)
-    # scratch gets the fine-tuning minutes plus the pretraining minutes: more steps at the same step time
-    steps = {(r["encoder"], r["labels_per_class"]): r["steps"] for r in ft}
+    assert all(min(r["steps"]) >= 1 and 0 <= r["accuracy"] <= 1 for r in ft)
+    # scratch gets the fine-tuning minutes plus the pretraining minutes (budget-true): more steps
+    steps = {(r["encoder"], r["labels_per_class"]): r["steps"][0] for r in ft}
     assert steps[("random_init", None)] > steps[("tiny-run", None)]
-    assert rep["finetune"]["scratch_minutes"] == pytest.approx(0.03)
+    assert rep["finetune"]["scratch_minutes"] == pytest.approx(0.1)
+    mine = next(r for r in ft if r["encoder"] == "tiny-run" and r["labels_per_class"] is None)
+    assert mine["vs_scratch"]["verdict"] in ("better", "tie", "worse") and mine["ci"][0] <= mine["accuracy"]
 
 
 # ---- bad input: one clear line each ---------------------------------------------------------------
 def run_cli(args, capsys):
-    code = main(["report", "--no-progress", "--probe-epochs", "2", *args])
+    code = main(["report", "--no-progress", "--probe-epochs", "2", "--draws", "1", *args])
     return code, capsys.readouterr().err
 
 
@@ -184,7 +233,9 @@ def test_fewer_images_than_labels_per_class_names_the_class(tiny_run, tmp_path, 
     write_pngs(tmp_path / "few" / "test", {0: 3, 1: 3, 7: 3}, split_offset=30)
     code, err = run_cli(["--checkpoint", str(tiny_run), "--data", str(tmp_path / "few"), "--labels-per-class",
                          "5,20"], capsys)
-    assert code == 2 and "'sneaker' has 12" in err and "--labels-per-class 20" in err and "at most 12" in err
+    # 12 sneakers, 2 of them in the validation split: 10 left to draw from
+    assert code == 2 and "'sneaker' has 10 training images outside the validation split" in err
+    assert "--labels-per-class 20" in err and "--labels-per-class 10 or less" in err
 
 
 def test_unreadable_images_are_counted_and_skipped(tiny_run, tmp_path):
@@ -193,7 +244,7 @@ def test_unreadable_images_are_counted_and_skipped(tiny_run, tmp_path):
     (root / "train" / "tshirt" / "broken.png").write_bytes(b"not a png")
     (root / "test" / "trouser" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        rep = build_report([str(tiny_run)], str(root), tmp_path / "o", labels_per_class=[], probe_epochs=2,
+        rep = build_report([str(tiny_run)], str(root), tmp_path / "o", labels_per_class=[], settings=QUICK,
                            progress=False)
     d = rep["data"]
     assert d["skipped_unreadable"] == 2 and d["train_images"] == 50 and d["test_images"] == 10
@@ -215,38 +266,15 @@ def test_bad_values(tiny_run, png_folder, tmp_path, capsys):
 
 # ---- pretraining with run.report, and the benchmark script ---------------------------------------
 def test_pretrain_writes_the_report_into_the_run(png_folder, tmp_path, capsys):
-    from mimkit.train import load_config, run_pretrain
+    from mimkit.cli import main
 
     ov = [f"run.dir={tmp_path / 'run'}", f"run.report={png_folder}", "data.limit=128", "data.batch_size=64",
           "trainer.max_steps=2", "trainer.max_epochs=-1", "trainer.enable_progress_bar=false", "run.recon_images=0",
           *[f"model.{k}={v}" for k, v in TINY.items()]]
-    run = run_pretrain(load_config(None, ov))
+    assert main(["pretrain", *ov]) == 0  # the command writes the report (mimkit.train imports no evaluation)
+    run = tmp_path / "run"
     rep = json.loads((Path(run) / "report" / "report.json").read_text())
     assert {r["encoder"] for r in rep["rows"]} == {"raw_pixels", "random_init", "run"}
-    assert rep["labels_per_class"] == [10] and "left out" in rep["notes"][0]  # 80 train images per class
+    assert rep["labels_per_class"] == [10] and any("left out" in n for n in rep["notes"])  # 67 per class to draw from
     assert (Path(run) / "report" / "neighbours.png").exists()
     assert "mimkit: report" in capsys.readouterr().out
-
-
-def test_fmnist_quality_and_report_print_the_same_numbers(tiny_run, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import fmnist_quality
-
-    out = tmp_path / "q" / "q.json"
-    assert fmnist_quality.main(["--checkpoint", str(tiny_run), "--limit", "1500", "--test-limit", "400",
-                                "--probe-epochs", "3", "--skip", "finetune", "scratch", "curve",
-                                "--low-labels", "20", "--no-progress", "--out", str(out)]) == 0
-    q = json.loads(out.read_text())
-    rep = build_report([str(tiny_run)], "fashion_mnist", None, labels_per_class=[20], probe_epochs=3, limit=1500,
-                       test_limit=400, progress=False, pool="mean")  # --mode best: fixed mean pooling
-    enc = q["methods"]["mae_vit_tiny_patch4_28"]
-    pairs = [(q["raw_pixels"]["knn"], accuracy(rep, "raw_pixels", "knn")),
-             (q["raw_pixels"]["logreg"], accuracy(rep, "raw_pixels", "linear")),
-             (q["raw_pixels"]["low_label"]["20"]["knn"], accuracy(rep, "raw_pixels", "knn", 20)),
-             (q["random_init"]["knn"], accuracy(rep, "random_init", "knn")),
-             (q["random_init"]["linear"], accuracy(rep, "random_init", "linear")),
-             (enc["knn"], accuracy(rep, "tiny-run", "knn")), (enc["linear"], accuracy(rep, "tiny-run", "linear")),
-             (q["low_label"]["20"]["knn"], accuracy(rep, "tiny-run", "knn", 20)),
-             (q["low_label"]["20"]["linear"], accuracy(rep, "tiny-run", "linear", 20))]
-    for a, b in pairs:
-        assert round(a, 4) == round(b, 4)

@@ -72,6 +72,24 @@ def find_run_dir(spec: str) -> Path | None:
     return None
 
 
+def shown_path(spec, cwd=None) -> str:
+    """``spec`` (a checkpoint spec or a path) as the page shows it: a path under the current directory
+    (``cwd``) relative to it (``runs/demo``, not the absolute path), so that the page and its screenshots do
+    not show where the project lives on this machine; any other path or spec as given. The prefix of
+    ``hf:DIR`` / ``timm:DIR`` is kept and its directory shown the same way."""
+    spec = str(spec)
+    head, sep, rest = spec.partition(":")
+    if sep and "/" not in head and not Path(spec).exists():  # hf:DIR, timm:DIR, recipe:NAME
+        return f"{head}:{shown_path(rest, cwd)}" if rest else spec
+    path = Path(spec)
+    if not path.is_absolute():
+        return spec
+    try:
+        return str(path.relative_to(Path(cwd) if cwd is not None else Path.cwd())) or "."
+    except ValueError:
+        return spec
+
+
 def parse_patches(text: str | None, num_patches: int) -> list[int]:
     """``"3, 4 10"`` -> [3, 4, 10] (patch numbers, row-major from 0); a clear error for anything else."""
     out = []
@@ -190,7 +208,7 @@ class Explorer:
         what = WHAT[self.kind] if self.kind != "features" else FEATURE_TARGET.get(self.method, "features")
         cfg = getattr(self.model, "mimkit_config", None) or {}
         recipe = cfg.get("recipe") or cfg.get("builder") or self.method
-        return (f"**{self.method}** (`{recipe}`) from `{self.checkpoint}`: {self.size}x{self.size} px, "
+        return (f"**{self.method}** (`{recipe}`) from `{shown_path(self.checkpoint)}`: {self.size}x{self.size} px, "
                 f"{self.chans} channel(s), patch {self.patch} ({self.grid[0]}x{self.grid[1]} patches)"
                 + (f", {depth} blocks" if depth else "") + f"; predicts **{what}** of the hidden patches.")
 
@@ -564,11 +582,12 @@ class Explorer:
         out = {"config": json.dumps(cfg, indent=2, default=str), "config_name": "config.json (the model's)",
                "curves": None, "report": None, "report_png": None}
         if run is None:
-            out["note"] = (f"`{self.checkpoint}` is a model, not a run directory: the model's config is shown; no "
+            out["note"] = (f"`{shown_path(self.checkpoint)}` is a model, not a run directory: the model's config is shown; no "
                            "curves or report (give the run directory to see them)")
             return out
-        out["config"], out["config_name"] = (run / "config.yaml").read_text(), f"{run / 'config.yaml'}"
-        said = [f"run `{run}`"]
+        shown = shown_path(run)
+        out["config"], out["config_name"] = (run / "config.yaml").read_text(), f"{shown_path(run / 'config.yaml')}"
+        said = [f"run `{shown}`"]
         curves = self.curves()
         if curves is not None:
             out["curves"] = curves
@@ -580,7 +599,7 @@ class Explorer:
             if (rep / "report.png").is_file():
                 out["report_png"] = str(rep / "report.png")
         else:
-            said.append(f"no quality report yet (`mimkit report --checkpoint {run}` writes one)")
+            said.append(f"no quality report yet (`mimkit report --checkpoint {shown}` writes one)")
         out["note"] = "; ".join(said)
         return out
 

@@ -6,10 +6,12 @@ token map for BEiT, the predicted-feature error map for MaskFeat, data2vec 2.0 a
 (one block and head), **Neighbours** (nearest training images under the encoder beside raw pixels) and
 **The run** (config, loss and validation curves, quality report). Needs gradio: ``pip install 'mimkit[app]'``.
 The checkpoint is read with the safe loader only (no ``--trust-checkpoint``). Binds to 127.0.0.1 unless
-``--host`` says otherwise.
+``--host`` says otherwise; the page has no authentication, so any other address is warned about on stderr.
 """
 from __future__ import annotations
 
+import ipaddress
+import sys
 import time
 
 
@@ -25,16 +27,40 @@ def register(sub) -> None:
     p.add_argument("--data-root", help="folder holding the Fashion-MNIST idx files (default: auto-detected)")
     p.add_argument("--train-limit", type=int, help="search neighbours among the first N training images only")
     p.add_argument("--test-limit", type=int, help="offer the first N test images only")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; the "
+                                                        "page has no authentication, so another address warns)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds to this machine only: ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or "", every interface): it may reach the network
+
+
+def host_warning(host: str) -> str | None:
+    """The one line ``mimkit explore`` prints on stderr when ``--host`` is not loopback, else None."""
+    if is_loopback(host):
+        return None
+    shown = host or "''"
+    return (f"mimkit explore: warning: --host {shown} exposes the page to the network, and it has no "
+            "authentication; anyone who can reach this port can use it")
 
 
 def run(args) -> int:
     import logging
 
     t0 = time.perf_counter()
+    warning = host_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     from mimkit.app.page import require_gradio, serve
 
     require_gradio()  # before loading anything: one line naming the extra when it is missing

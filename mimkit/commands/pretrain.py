@@ -1,5 +1,11 @@
-"""``mimkit pretrain --config configs/X.yaml [section.key=value ...] [--resume CKPT]``."""
+"""``mimkit pretrain --config configs/X.yaml [section.key=value ...] [--resume CKPT]``.
+
+With ``run.report=DATA`` the command then writes ``mimkit report`` of the trained encoder into
+``<run>/report``: the report is the command layer's business (:func:`pretrain_and_report`, also used by
+``mimkit demo``), so the training engine (:mod:`mimkit.train`) imports no evaluation."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from mimkit.commands import add_trust_flag
 
@@ -21,7 +27,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from mimkit.train.config import load_config
-    from mimkit.train.run import config_from_checkpoint, run_pretrain
+    from mimkit.train.run import config_from_checkpoint
 
     overrides = list(args.overrides or [])
     if args.minutes is not None:
@@ -30,5 +36,28 @@ def run(args) -> int:
         cfg = config_from_checkpoint(args.resume, overrides)
     else:
         cfg = load_config(args.config, overrides)
-    run_pretrain(cfg, resume=args.resume)
+    pretrain_and_report(cfg, resume=args.resume)
     return 0
+
+
+def pretrain_and_report(cfg: dict, resume: str | None = None) -> Path:
+    """:func:`~mimkit.train.run.run_pretrain`, then, when ``run.report`` names data (``fashion_mnist`` or a
+    labelled folder), the report of ``<run>/model`` on it, written to ``<run>/report``, by the process of
+    global rank 0 only. A failed report is one printed line; the trained run is kept either way.
+    Returns the run directory."""
+    from mimkit.train.run import run_pretrain
+
+    run_dir = Path(run_pretrain(cfg, resume=resume))
+    if cfg["run"].get("report") and global_rank() == 0:
+        from mimkit.eval.report import report_after_training
+
+        report_after_training(run_dir, cfg)
+    return run_dir
+
+
+def global_rank() -> int:
+    """This process's global rank, as the training strategy set it (0 without one, or when the process
+    group was never started)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)

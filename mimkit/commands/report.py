@@ -1,6 +1,7 @@
 """``mimkit report --checkpoint RUN [--checkpoint RUN2 ...] --data DIR|fashion_mnist``: does pretraining
-pay off on my images? Every encoder beside raw pixels and the same recipe at random init: 20-NN and
-the linear probe with all labels and with scarce labels, fine-tuning with ``--finetune-minutes``.
+pay off on my images? Every encoder beside raw pixels and the same recipe at random init: 20-NN, the
+linear probe and logistic regression (choices on a per-class validation split, or inside the N labels
+per class), with all labels and with scarce labels, each with its interval and verdict, fine-tuning with ``--finetune-minutes``.
 Writes ``report.json``, ``report.md``, ``report.png`` and ``neighbours.png`` to ``--out``
 (:func:`mimkit.eval.report.build_report`)."""
 from __future__ import annotations
@@ -50,8 +51,12 @@ def register(sub) -> None:
     p.add_argument("--pool", choices=("auto", "cls", "mean", "both", "last4"), default="auto",
                    help="frozen feature: auto (default) chooses per encoder and protocol among cls, mean, both (cls + mean) "
                         "and last4 (the last 4 blocks) on a validation split held out of the training images")
-    p.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs, all labels (default 50; 200 "
-                                                                 "with scarce labels)")
+    p.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs, all labels (default 50; more "
+                                                                 "on small label sets, up to 200)")
+    p.add_argument("--draws", type=int, default=3, help="scarce-label subsets drawn per N (default 3): rows are mean "
+                                                         "+- std over the draws")
+    p.add_argument("--folds", type=int, default=3, help="with N labels per class, the choices are made by this many "
+                                                         "folds inside the N x classes labels (default 3)")
     p.add_argument("--limit", type=int, help="only N training images (Fashion-MNIST: the first N; a folder: N drawn "
                                              "with --seed)")
     p.add_argument("--test-limit", type=int, help="only N test images")
@@ -69,15 +74,21 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from mimkit.eval.render import verdict_table
     from mimkit.eval.report import build_report, report_table
 
     sizes = args.labels_per_class
     if args.name and len(args.name) != len(args.checkpoint):
         raise ValueError(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint; give one per "
                          "checkpoint or none")
+    from dataclasses import replace
+
+    from mimkit.eval.protocols import Settings
+
+    settings = replace(Settings(), probe_epochs=args.probe_epochs, max_probe_epochs=4 * args.probe_epochs, folds=args.folds)
     report = build_report(args.checkpoint, args.data, args.out, names=args.name, labels_per_class=sizes,
-                          seed=args.seed, pool=args.pool, finetune_minutes=args.finetune_minutes,
-                          pretrain_minutes=args.pretrain_minutes, probe_epochs=args.probe_epochs,
+                          seed=args.seed, pool=args.pool, draws=args.draws, settings=settings,
+                          finetune_minutes=args.finetune_minutes, pretrain_minutes=args.pretrain_minutes,
                           test_fraction=args.test_fraction, limit=args.limit, test_limit=args.test_limit,
                           mean=args.mean, std=args.std, root=args.data_root, device=args.device,
                           batch_size=args.batch_size, progress=not args.no_progress)
@@ -85,6 +96,8 @@ def run(args) -> int:
     d = report["data"]
     print()
     print(report_table(report))
+    print()
+    print(verdict_table(report))
     print(f"\n{d['train_images']} train / {d['test_images']} test images, {len(d['classes'])} classes; "
           f"{d['preprocessing']}" + (f"; skipped {d['skipped_unreadable']} unreadable" if d.get("skipped_unreadable")
                                      else ""))

@@ -75,7 +75,6 @@ __all__ = [
     "build_val_dataset",
     "bytes_tensor",
     "collate",
-    "deprecated_alias",
     "collate_encoded",
     "default_stats",
     "error_text",
@@ -94,17 +93,3 @@ __all__ = [
     "take_rows",
     "write_shards",
 ]
-
-
-def deprecated_alias(old_name: str, module) -> None:
-    """Make the old module path ``old_name`` (``mimkit.shards``...) the moved ``module`` itself, with a
-    DeprecationWarning; called by the one-release shims at the old paths."""
-    import sys
-    import warnings
-
-    warnings.warn(
-        f"{old_name} is deprecated and goes in the next release: import from {module.__name__}",
-        DeprecationWarning,
-        stacklevel=3,  # the line that imports the old path
-    )
-    sys.modules[old_name] = module

@@ -26,11 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..schedules import warmup_cosine
+from ..train.budget import BudgetAware
 from . import FINETUNE_DEFAULTS  # noqa: F401  (re-exported)
 from .classifier import Classifier, layer_decay_param_groups, set_drop_path
+from .data import dataset_labels
 
 
-class FinetuneModule(L.LightningModule):
+class FinetuneModule(BudgetAware, L.LightningModule):
     """Trains a :class:`Classifier`; logs ``train/loss``, ``train/lr``, ``val/loss`` and ``val/acc``."""
 
     def __init__(self, classifier: Classifier, lr: float, min_lr: float = 0.0, weight_decay: float = 0.05,
@@ -52,6 +55,7 @@ class FinetuneModule(L.LightningModule):
             self.train_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
         self.loss_history: list[float] = []
+        self.steps_per_epoch_hint: int | None = None  # set by finetune(): the training loader's length
         self._compiled = None  # set by finetune(compile=...): mimkit.train.speed.Compiled
 
     def compile_classifier(self, device_type: str) -> None:
@@ -73,13 +77,16 @@ class FinetuneModule(L.LightningModule):
             g["lr"] = self.lr * g["lr_scale"]
         fused = self.device.type in ("cpu", "cuda")  # the fused AdamW kernel (docs/speed.md)
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        est = self.trainer.estimated_stepping_batches
+        total = 10**9 if not math.isfinite(est) else max(1, int(est))  # a budget (minutes) fixes it later
         per_epoch = self.trainer.num_training_batches  # an epoch may be cut short by max_steps (fractional epochs)
+        if not math.isfinite(per_epoch):  # open-ended (a budget in minutes): the loader's length
+            per_epoch = self.steps_per_epoch_hint or 1
         warmup = min(total, int(round(self.warmup_epochs * per_epoch)))
         min_ratio = self.min_lr / self.lr if self.lr > 0 else 0.0
-        from ..train.module import warmup_cosine
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+        self.total_steps, self.warmup_steps = total, warmup
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(*self.schedule_position(s), min_ratio=min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
@@ -123,6 +130,18 @@ class KeepBest(L.Callback):
             self.state = {k: v.detach().clone() for k, v in pl_module.classifier.state_dict().items()}
         elif self.patience is not None and len(self.scores) - self.scores.index(max(self.scores)) > self.patience:
             trainer.should_stop = True
+
+
+@torch.no_grad()
+def classifier_predictions(classifier, dataset, batch_size: int = 256) -> torch.Tensor:
+    """Class predictions (N,) of a fine-tuned classifier on a dataset (evaluation transform)."""
+    from .features import batches
+
+    was = classifier.training
+    classifier.eval()
+    preds = [classifier(x).argmax(1) for x, _ in batches(dataset, batch_size)]
+    classifier.train(was)
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -177,7 +196,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
-             compile=False, val_dataset=None, patience: int | None = None):
+             compile=False, val_dataset=None, patience: int | None = None, minutes: float | None = None):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
@@ -189,7 +208,9 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     ``val_dataset`` (labelled images held out of ``train_dataset``): early stopping. The classifier is
     scored on it every ``eval_every`` epochs (default every epoch), the weights of the best epoch are
     kept and tested, and with ``patience`` training stops after that many scores without a gain.
-    The test set is then read once, by the kept weights.
+    The test set is then read once, by the kept weights. ``minutes``: a wall-clock budget that is a whole
+    schedule, as ``mimkit pretrain --minutes`` (:mod:`mimkit.train.budget`: warm-up, then a cosine timed
+    to end at the budget and re-fitted when the machine's speed changes); ``epochs`` is then ignored.
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy (and, with
     ``val_dataset``, ``val_acc`` and ``best_epoch``)."""
     if epochs < 1:
@@ -220,6 +241,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         val_loader = DataLoader(val_dataset, batch_size=max(256, batch_size), shuffle=False, num_workers=num_workers,
                                 pin_memory=pin)
     during_fit = val_loader if val_dataset is not None else test_loader
+    module.steps_per_epoch_hint = len(train_loader)
     out_dir = Path(out_dir) if out_dir else None
     logger = False
     if out_dir is not None:
@@ -229,12 +251,18 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     device_type = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     # fractional epochs (an equal-time baseline): the last epoch stops after its share of the steps
     steps = -1 if float(epochs).is_integer() else max(1, round(epochs * len(train_loader)))
-    kw = dict(max_epochs=math.ceil(epochs), max_steps=steps, accelerator=accelerator, devices=1 if accelerator != "auto" or device_type == "cpu"
+    callbacks = [best] if best is not None else []
+    if minutes is not None:
+        from ..train import budget
+
+        callbacks.append(budget.BudgetSchedule(float(minutes), budget.clock()))
+        epochs, steps = 10**6, -1
+    kw = dict(max_epochs=-1 if minutes is not None else math.ceil(epochs), max_steps=steps, accelerator=accelerator, devices=1 if accelerator != "auto" or device_type == "cpu"
               else "auto", precision=precision or _precision(device_type), logger=logger,
               enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
               num_sanity_val_steps=0, log_every_n_steps=max(1, min(10, len(train_loader))),
               check_val_every_n_epoch=eval_every if eval_every and eval_every > 0 else 1,
-              default_root_dir=str(out_dir) if out_dir else None, callbacks=[best] if best is not None else None)
+              default_root_dir=str(out_dir) if out_dir else None, callbacks=callbacks or None)
     if not (eval_every and eval_every > 0):
         kw["limit_val_batches"] = 0
     kw.update(trainer_kwargs or {})
@@ -259,7 +287,8 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         "acc": float(metrics["val/acc"]), "test_loss": float(metrics["val/loss"]),
         "train_loss_first_epoch": float(sum(hist[:steps_per_epoch]) / max(1, len(hist[:steps_per_epoch]))),
         "train_loss_last_epoch": float(sum(hist[-steps_per_epoch:]) / max(1, len(hist[-steps_per_epoch:]))),
-        "epochs": epochs, "steps": len(hist), "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
+        "epochs": epochs if minutes is None else round(len(hist) / steps_per_epoch, 2), "steps": len(hist),
+        "budget_minutes": minutes, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
         "layer_decay": layer_decay, "weight_decay": weight_decay, "drop_path": drop_path, "mixup": mixup,
         "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs, "pool": pool,
         "seed": seed, "train_images": len(train_dataset), "test_images": len(test_dataset),
@@ -269,7 +298,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     }
     if best is not None:
         results.update(val_acc=best.score, best_epoch=best.epoch, val_scores=best.scores, val_images=len(val_dataset),
-                       stopped_early=len(best.scores) < math.ceil(epochs) // eval_every)
+                       stopped_early=minutes is None and len(best.scores) < math.ceil(epochs) // eval_every)
     classifier = module.classifier.cpu().eval()
     if out_dir is not None:
         save_classifier(classifier, out_dir, model, results)
@@ -310,3 +339,34 @@ def load_classifier(out_dir) -> Classifier:
     clf = Classifier(src.encoder, meta["num_classes"], meta["pool"], copy_encoder=False)
     clf.load_state_dict(read_safetensors(out_dir / "classifier.safetensors"))
     return clf.eval()
+
+
+def finetune_augmented(data, crop_scale=(0.8, 1.0), hflip: bool = True):
+    """The training images with fine-tuning augmentation (random resized crop + flip) on the
+    already-normalised tensors."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    from ..data import TensorImages
+
+    size = data.train.images.shape[-1]
+    t = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    if hflip:
+        t.append(v2.RandomHorizontalFlip())
+    return TensorImages(data.train.images, data.train.labels, v2.Compose(t))
+
+
+def finetune_for_minutes(model, train_aug, test, num_classes: int, minutes: float, *, batch_size: int = 128,
+                         layer_decay: float = 0.75, blr: float = 2e-3, drop_path: float = 0.1,
+                         label_smoothing: float = 0.1, pool: str = "mean", seed: int = 0, progress: bool = True,
+                         keep_classifier: bool = False, **kw) -> dict:
+    """Fine-tune (:func:`finetune`) for ``minutes`` of wall time with a budget-true schedule (warm-up of a
+    tenth of an epoch, then a cosine timed to end at the budget: :mod:`mimkit.train.budget`). Returns
+    finetune's results with ``minutes`` (measured) and ``correct`` (bool per test image, for paired
+    intervals), and the fine-tuned ``classifier`` with ``keep_classifier``."""
+    batch_size = max(2, min(int(batch_size), len(train_aug)))
+    clf, res = finetune(model, train_aug, test, num_classes, pool=pool, epochs=1, batch_size=batch_size, blr=blr,
+                        layer_decay=layer_decay, drop_path=drop_path, label_smoothing=label_smoothing,
+                        warmup_epochs=0.1, seed=seed, progress=progress, minutes=minutes, **kw)
+    correct = classifier_predictions(clf, test) == dataset_labels(test)
+    return {**res, "minutes": round(res["fit_seconds"] / 60, 2), "correct": correct,
+            **({"classifier": clf} if keep_classifier else {})}

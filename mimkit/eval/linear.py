@@ -27,6 +27,8 @@ import time
 import torch
 from torch import nn
 
+from ..schedules import warmup_cosine
+
 OPTIMIZERS = ("sgd", "lars", "adamw")
 DEFAULT_BLR = {"sgd": 0.4, "lars": 1.6, "adamw": 1e-3}
 
@@ -55,15 +57,6 @@ def _optimizer(head: LinearProbeHead, name: str, lr: float, weight_decay: float)
                      {"params": [lin.bias], "weight_decay": 0.0, "always_adapt": False}],
                     lr=lr, momentum=0.9, trust_coeff=0.001)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Linear warm-up then per-step half-cosine (as the pretraining engine's schedule; kept here so
-    the probe does not import the training framework)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()

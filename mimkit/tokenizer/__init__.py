@@ -2,78 +2,17 @@
 DALLE-pytorch dVAE loaded from weights files, codebook statistics and pictures.
 
 Every tokenizer offers ``encode_ids(images) -> (N, h*w)`` long ids and ``vocab_size``, ``grid_size``,
-``img_size``, ``in_chans``."""
+``img_size``, ``in_chans``. Importing this package registers the tokenizer builders and recipes
+(:mod:`mimkit.tokenizer.recipes`), as importing :mod:`mimkit.methods` registers the methods."""
 from __future__ import annotations
 
-from pathlib import Path
-
+from . import recipes  # noqa: F401  (registers dvae, dalle_encoder, dalle_pytorch_dvae and their recipes)
 from .dalle import DALLEEncoder, load_dalle_encoder, map_pixels, unmap_pixels
 from .dalle_pytorch import DallePytorchDVAE, load_dalle_pytorch_dvae
 from .dvae import DiscreteVAE, perplexity_from_counts, psnr
+from .loading import is_tokenizer, load_tokenizer, tokenizer_options
 from .stats import codebook_stats, format_stats
-from .weights import read_state_dict
 
-__all__ = ["DALLEEncoder", "DallePytorchDVAE", "DiscreteVAE", "codebook_stats", "format_stats",
+__all__ = ["DALLEEncoder", "DallePytorchDVAE", "DiscreteVAE", "codebook_stats", "format_stats", "is_tokenizer",
            "load_dalle_encoder", "load_dalle_pytorch_dvae", "load_tokenizer", "map_pixels",
-           "perplexity_from_counts", "psnr", "unmap_pixels"]
-
-_STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
-
-
-def is_tokenizer(model) -> bool:
-    return hasattr(model, "encode_ids") and hasattr(model, "vocab_size") and hasattr(model, "grid_size")
-
-
-def tokenizer_options(options: dict) -> dict:
-    """The registry's config layer for BEiT: ``tokenizer_config`` (a saved tokenizer's mimkit config;
-    its weights arrive with the BEiT state dict) or ``tokenizer_path`` (read from disk) -> a frozen
-    ``tokenizer`` module, or None."""
-    config, path = options.get("tokenizer_config"), options.get("tokenizer_path")
-    if config:
-        from ..registry import build_from_config
-
-        tok = build_from_config(config)
-    elif path:
-        tok = load_tokenizer(path)
-    else:
-        return {"tokenizer": None}
-    return {"tokenizer": tok}
-
-
-def load_tokenizer(path, trust_checkpoint: bool = False, **dalle_kwargs):
-    """Load a tokenizer from ``path``: a mimkit model directory / ``.safetensors`` / ``.ckpt``
-    written by ``mimkit tokenizer train`` (or ``mimkit.save``), or a state dict file (``.pt``/``.pth``/
-    ``.bin``, or a ``.safetensors`` without a ``config.json`` beside it) of the DALL-E encoder or of
-    BEiT's DALLE-pytorch dVAE (``pytorch_model.bin``), told apart by their keys. ``dalle_kwargs``
-    (``img_size``, ``pixel_mean``, ``pixel_std``) go to the state dict loaders. Files are read safely;
-    ``trust_checkpoint=True`` unpickles one that holds more than tensors."""
-    from ..files import is_trusted, trusted_checkpoints
-
-    if trust_checkpoint and not is_trusted():
-        with trusted_checkpoints():
-            return load_tokenizer(path, **dalle_kwargs)
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no tokenizer at {path}; train one with `mimkit tokenizer train --config configs/dvae_tiny_28.yaml` "
-            "and pass its run directory"
-        )
-    dalle = path.is_file() and (path.suffix in _STATE_DICT_SUFFIXES or
-                                (path.suffix == ".safetensors" and not (path.parent / "config.json").exists()))
-    if dalle:
-        from .dalle_pytorch import is_dalle_pytorch_state_dict
-
-        sd = read_state_dict(path)
-        if is_dalle_pytorch_state_dict(sd):
-            return load_dalle_pytorch_dvae(sd, **dalle_kwargs)
-        return load_dalle_encoder(sd, **dalle_kwargs)
-    from ..checkpoint import load_model
-    from ..files import WEIGHTS
-
-    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model" / WEIGHTS).exists():
-        path = path / "model"  # a run directory of `mimkit tokenizer train`
-    model = load_model(path)
-    if not is_tokenizer(model):
-        raise ValueError(f"{path} holds a {getattr(model, 'method', type(model).__name__)} model, not a tokenizer "
-                         "(it has no encode_ids); point to a run of `mimkit tokenizer train`")
-    return model
+           "perplexity_from_counts", "psnr", "tokenizer_options", "unmap_pixels"]

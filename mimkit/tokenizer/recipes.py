@@ -1,14 +1,14 @@
 """Tokenizer builders and recipes: the discrete VAE BEiT learns to predict (trained by ``mimkit
 tokenizer train``), the DALL-E encoder and BEiT's DALLE-pytorch dVAE (for ``mimkit.save``/``mimkit.load``
-of an imported tokenizer). Imported by the registry with the method modules."""
+of an imported tokenizer). Registered when :mod:`mimkit.tokenizer` is imported (``import mimkit`` does)."""
 from __future__ import annotations
 
 from ..methods.beit import BEIT_TOKENIZER_OPTIONS
 from ..registry import register_builder, register_options, register_recipe
-from . import tokenizer_options
 from .dalle import DALLEEncoder
 from .dalle_pytorch import DallePytorchDVAE
 from .dvae import DiscreteVAE
+from .loading import tokenizer_options
 
 # the data pipeline's normalisation (mimkit.data's Fashion-MNIST / ImageNet statistics), so that
 # PSNR is reported in pixel space and `mimkit tokenizer encode/stats` normalise files the same way

@@ -75,7 +75,8 @@ DEFAULTS: dict = {
         "recon_every_n_epochs": 1,
         "recon_images": 8,
         "checkpoint_monitor": "step",  # which periodic checkpoints to keep: the newest (step) or best (val/loss)
-        "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit report` of the model into <run>/report
+        "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit pretrain` then writes `mimkit report` of the model into <run>/report
+        "report_limit": None,  # the report reads only N training and N test images (a quick look; None: all)
     },
 }
 

@@ -8,6 +8,8 @@ import torch
 
 from ..files import jsonable
 from ..registry import build_from_config
+from ..schedules import warmup_cosine
+from .budget import BudgetAware
 from .loader import mix_seed
 
 
@@ -77,15 +79,7 @@ def skip_step_if(optimizer, bad: torch.Tensor) -> bool:
     return True
 
 
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then per-step half-cosine down to ``min_ratio`` (MAE's schedule)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class MIMModule(L.LightningModule):
+class MIMModule(BudgetAware, L.LightningModule):
     def __init__(self, model_config: dict | None, optim: dict, batch_size: int, model: torch.nn.Module | None = None,
                  seed: int = 0):
         """``model_config`` builds the model ({"recipe": name, **overrides}); or pass a ready ``model``
@@ -101,6 +95,7 @@ class MIMModule(L.LightningModule):
         # (the dVAE's temperature), an update after each optimiser step (an EMA teacher)
         self._has_step_hook = callable(getattr(self.model, "on_train_step", None))
         self._has_after_step_hook = callable(getattr(self.model, "after_optimizer_step", None))
+        self._has_before_step_hook = callable(getattr(self.model, "before_optimizer_step", None))
         self._last_stepped: int | None = None
         self._no_decay = no_decay_set(self.model)  # before any FSDP wrapping
         self._step_losses: list[torch.Tensor] = []  # detached losses since the last optimiser step
@@ -140,7 +135,7 @@ class MIMModule(L.LightningModule):
         # has timed its first steps
         self.total_steps, self.warmup_steps = total, warmup
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, self.warmup_steps, self.total_steps, min_ratio))
+            opt, lambda s: warmup_cosine(*self.schedule_position(s), min_ratio=min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     device_augment = None  # set by run_pretrain for data.decode_on_device
@@ -164,7 +159,8 @@ class MIMModule(L.LightningModule):
         inputs = batch if isinstance(batch, dict) else {"images": batch[0] if isinstance(batch, (list, tuple)) else batch}
         images = inputs["images"]
         if self._has_step_hook:
-            self.model.on_train_step(self.global_step, getattr(self, "total_steps", 1))
+            pos, _, total = self.schedule_position(self.global_step)
+            self.model.on_train_step(pos, total)
         # The random state of a step (mask noise, drop path) is a pure function of (seed, rank, epoch,
         # batch): nothing to save in checkpoints, a resumed run draws exactly what the uninterrupted
         # one drew, and ranks draw different masks. (Augmentations are seeded per sample by the loader.)
@@ -224,7 +220,8 @@ class MIMModule(L.LightningModule):
         follows the weights (an EMA teacher). A pure function of the step: nothing extra to checkpoint."""
         if self._has_after_step_hook and self.global_step != self._last_stepped:
             self._last_stepped = self.global_step
-            self.model.after_optimizer_step(self.global_step, getattr(self, "total_steps", 1))
+            pos, _, total = self.schedule_position(self.global_step)
+            self.model.after_optimizer_step(pos, total)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Never apply an update from a NaN/inf loss (on any rank): the weights and every checkpoint on
@@ -234,6 +231,9 @@ class MIMModule(L.LightningModule):
         With a fused one (``optim.fused``, the default) it costs no sync: the finiteness flag
         goes to the fused kernel as ``found_inf`` (the step skips itself, as under a GradScaler) and is
         read on the host one step later, before any checkpoint is written and at the end of training."""
+        if self._has_before_step_hook:  # the model's say on the gradients before clipping (iBOT's frozen prototypes)
+            pos, _, total = self.schedule_position(self.global_step)
+            self.model.before_optimizer_step(pos, total)
         self.raise_if_non_finite()
         losses, self._step_losses = self._step_losses, []
         if not losses:

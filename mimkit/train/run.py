@@ -317,7 +317,11 @@ def training_data(d: dict, module, seed: int):
     encoded files decoded on the device (``data.decode_on_device``)."""
     from ..data import build_dataset
 
-    if d.get("decode_on_device"):
+    if getattr(module.model, "multi_crop", None):  # a multi-view method (iBOT): the data layer makes its crops
+        from ..data.views import multi_crop_dataset
+
+        ds, collate_fn = multi_crop_dataset(d, module.model.multi_crop), None
+    elif d.get("decode_on_device"):
         ds, collate_fn = _device_decoded_data(d, module, seed)
     else:
         ds, collate_fn = build_dataset(d, "train", train_transform=True), None
@@ -384,9 +388,10 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from . import budget
     from .module import MIMModule
 
-    t_origin = time.time()  # a budget (trainer.max_minutes) counts from here: set-up and compiling included
+    t_origin = budget.clock()  # a budget (trainer.max_minutes) counts from here: set-up and compiling included
     validate(cfg)
     _quiet_known_warnings()
     recipe, kw = model_kwargs(cfg)
@@ -404,9 +409,7 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     callbacks = run_callbacks(cfg, module.model, run_dir, strategy, callbacks)
     minutes = cfg["trainer"].get("max_minutes")
     if minutes:  # a budget that is a whole schedule (mimkit.train.budget)
-        from .budget import BudgetSchedule
-
-        callbacks.append(BudgetSchedule(float(minutes), t_origin, run_dir))
+        callbacks.append(budget.BudgetSchedule(float(minutes), t_origin, run_dir))
     try:
         trainer = build_trainer(cfg, run_dir, callbacks, strategy)
     except MisconfigurationException as e:
@@ -441,8 +444,4 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     if trainer.is_global_zero:
         print(f"mimkit: finished; run directory {run_dir} (model/, checkpoints/, reconstructions/, loss_curve.png, "
               f"logs/metrics.csv, tensorboard/)", flush=True)
-        if cfg["run"].get("report"):  # `mimkit report` of the trained encoder into <run>/report (rank 0 only)
-            from ..eval.report import report_after_training
-
-            report_after_training(run_dir, cfg)
     return run_dir
