@@ -52,8 +52,10 @@ def mae_run(tmp_path_factory):
     torch.manual_seed(0)
     run = run_pretrain(load_config(ROOT / "configs" / "mae_vit_tiny_patch4_28.yaml",
                                    [*TINY, f"run.dir={tmp_path_factory.mktemp('runs') / 'mae'}"]))
-    build_report([str(run)], "fashion_mnist", run / "report", limit=300, test_limit=100, probe_epochs=2,
-                 scarce_probe_epochs=2, neighbours=2, progress=False)
+    from mimkit.eval.protocols import Settings
+
+    build_report([str(run)], "fashion_mnist", run / "report", limit=300, test_limit=100, draws=1, neighbours=2,
+                 settings=Settings(probe_epochs=2, max_probe_epochs=2, blrs=(0.1,), cs=(1.0,)), progress=False)
     return run
 
 

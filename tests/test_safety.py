@@ -297,21 +297,25 @@ def _benchmark():
     return mod
 
 
-def test_benchmark_checkpoint_option_refuses_before_any_work(evil_run, evil_ckpt, marker, tmp_path):
+def test_benchmark_reuses_runs_without_unpickling_and_the_report_refuses_them(evil_run, evil_ckpt, marker, tmp_path):
+    """The quality benchmark decides whether a run can be reused from its schedule.json, config.yaml (safe
+    YAML) and model/ (safetensors) only; a run directory whose weights are only in a poisoned .ckpt is
+    not reused, and the report refuses to read it without the opt-in. Nothing of the payload runs."""
+    import json as _json
+
     bench = _benchmark()
-    periodic = evil_run / "checkpoints" / "epoch000-step0000004.ckpt"
-    shutil.copy(evil_ckpt, periodic)
-    for target in (evil_ckpt, evil_run):  # a .ckpt; a run directory whose periodic checkpoints feed the curve
-        with pytest.raises(SystemExit) as e:
-            bench.main(["--out", str(tmp_path / "q.json"), "--checkpoint", str(target)])
-        message = str(e.value).removeprefix("fmnist_quality: error: ")
-        assert_refused(message, evil_ckpt if target == evil_ckpt else periodic, marker)
-    shutil.rmtree(evil_run / "model")  # a run directory without model/: its last.ckpt is read
-    args = bench.parse_args(["--checkpoint", str(evil_run), "--trust-checkpoint"])
-    assert set(bench.reused_checkpoint_files(args)) == {evil_ckpt, periodic}
-    with trusted_checkpoints(args.trust_checkpoint):
-        bench.check_reused_checkpoints(args)
-    assert marker.exists()
+    args = bench.parse_args(["--curve", "1", "--work", str(tmp_path / "work")])
+    run = tmp_path / "work" / "curve" / "mae_vit_tiny_patch4_28-1min"
+    shutil.copytree(evil_run, run)
+    (run / "schedule.json").write_text(_json.dumps({"max_minutes": 1.0, "total_steps": 4, "finished_at_step": 4}))
+    shutil.rmtree(run / "model", ignore_errors=True)
+    assert bench.why_not_reused(run, "mae_vit_tiny_patch4_28", 1.0, args) == "no finished run there"
+    assert not marker.exists()
+    from mimkit.eval.report import build_report
+
+    with pytest.raises(ValueError) as e:
+        build_report([str(run)], "fashion_mnist", None, limit=50, test_limit=20, progress=False)
+    assert_refused(str(e.value), run / "checkpoints" / "last.ckpt", marker)
 
 
 def test_val_loss_benchmark_refuses_a_reused_runs_checkpoint(evil_run, evil_ckpt, marker, tmp_path):

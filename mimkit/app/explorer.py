@@ -533,7 +533,7 @@ class Explorer:
     def train_features(self, progress: bool = True):
         """(encoder features, raw pixels, labels) of the training split, computed once and kept."""
         from ..eval.features import extract_features
-        from ..eval.report import pixel_features
+        from ..eval.folders import pixel_features
 
         with self._lock:
             if self._features is None:
@@ -550,7 +550,7 @@ class Explorer:
         import torch.nn.functional as F
 
         from ..eval.features import has_cls_token, pool
-        from ..eval.report import nearest
+        from ..eval.render import nearest
         from ..viz import denormalize
 
         feats, raw, labels = self.train_features(progress)

@@ -40,7 +40,7 @@ class Settings:
     max_probe_epochs: int = 200  # ... and at most this many on small label sets
     blrs: tuple = (0.1, 0.4)  # linear-probe base learning rates (SGD)
     cs: tuple = (0.01, 0.1, 1.0)  # logistic regression's inverse regularisation
-    logreg_iters: int = 500
+    logreg_iters: int = 200
     folds: int = 3  # inside a scarce subset
     draws: int = 3  # scarce subsets drawn per N
     seed: int = 0
