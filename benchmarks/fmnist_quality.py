@@ -61,6 +61,7 @@ def parse_args(argv=None):
                    help="pretraining runs and evaluated rows, kept between runs (not committed)")
     p.add_argument("--models", default=str(ROOT / "results" / "curve"), help="where each point's model/ is copied")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the table of an existing --out and stop")
     args = p.parse_args(argv)
     if not args.curve or min(args.curve) <= 0:
         p.error("--curve takes positive minutes, e.g. 7.5,15,60")
@@ -158,6 +159,9 @@ def row_summary(report: dict, name: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
+        return 0
     from mimkit.eval.protocols import Settings, crossover
     from mimkit.eval.render import plot_curve
     from mimkit.eval.report import build_report
@@ -201,18 +205,38 @@ def main(argv=None) -> int:
     return 0
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table: every row's accuracy (95% interval) and, for the points, the verdict against
+    raw pixels with the paired interval of the difference (points); scarce labels as mean +- std."""
+    from mimkit.eval.protocols import PROTOCOL_NAMES
+
+    ns = sorted({n for pts in result["curve"].values() for v in pts.values() for n in v.get("scarce", {})}, key=int)
+    cols = [(p, None) for p in PROTOCOLS] + [(p, n) for n in ns for p in ("knn", "best_linear")]
+
+    def cell(v, p, n):
+        r = v.get(p) if n is None else v.get("scarce", {}).get(n, {}).get(p)
+        if r is None:
+            return "-"
+        acc = (f"{r['accuracy']:.4f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if n is None
+               else f"{r['accuracy']:.4f} +- {r['std']:.3f}")
+        d = r.get("vs_raw")
+        return acc + (f" **{d['verdict']}** {100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]" if d else "")
+
+    head = ["row", "pretraining"] + [f"{PROTOCOL_NAMES[p]}" + ("" if n is None else f", {n}/class") for p, n in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, v, pre in [("raw pixels", result["raw_pixels"], "-"), ("random init", result["random_init"], "0")]:
+        lines.append(f"| {name} | {pre} | " + " | ".join(cell(v, p, n) for p, n in cols) + " |")
+    for recipe, pts in result["curve"].items():
+        for m, v in sorted(pts.items(), key=lambda kv: float(kv[0])):
+            pre = f"{m} min: {v['steps']} steps, {v['wall_minutes']} min"
+            lines.append(f"| {recipe.split('_vit')[0]} | {pre} | " + " | ".join(cell(v, p, n) for p, n in cols) + " |")
+    return "\n".join(lines)
+
+
 def print_summary(result: dict, out: Path, pic: Path) -> None:
     from mimkit.eval.protocols import PROTOCOL_NAMES
 
-    raw = result["raw_pixels"]
-    print("\n| point | steps | wall min | " + " | ".join(PROTOCOL_NAMES[p] for p in PROTOCOLS) + " |")
-    print("| --- | --- | --- | " + " | ".join("---" for _ in PROTOCOLS) + " |")
-    print("| raw pixels | - | - | " + " | ".join(f"{raw[p]['accuracy']:.4f}" for p in PROTOCOLS if p in raw) + " |")
-    for recipe, pts in result["curve"].items():
-        for m, v in sorted(pts.items(), key=lambda kv: float(kv[0])):
-            cells = [f"{v[p]['accuracy']:.4f} {v[p]['vs_raw']['verdict']} ({100 * v[p]['vs_raw']['diff']:+.1f} "
-                     f"[{100 * v[p]['vs_raw']['lo']:+.1f}, {100 * v[p]['vs_raw']['hi']:+.1f}])" for p in PROTOCOLS if p in v]
-            print(f"| {recipe} {m} min | {v['steps']} | {v['wall_minutes']} | " + " | ".join(cells) + " |")
+    print("\n" + markdown_table(result))
     for recipe, c in result["crossover"].items():
         print(f"crossover ({recipe}): " + ", ".join(f"{PROTOCOL_NAMES[p]} {'from %g min' % m if m else 'none'}"
                                                    for p, m in c.items()))

@@ -262,6 +262,8 @@ def test_bad_values(tiny_run, png_folder, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="run.report must be fashion_mnist or a labelled image folder"):
         validate(load_config(None, ["run.report=/no/such/folder"]))
+    with pytest.raises(ValueError, match="run.report_protocols must be a non-empty list of"):
+        validate(load_config(None, ["run.report_protocols=[knn,svm]"]))
 
 
 # ---- pretraining with run.report, and the benchmark script ---------------------------------------

@@ -380,9 +380,10 @@ def report_after_training(run_dir, cfg: dict) -> dict | None:
     run_dir = Path(run_dir)
     d = cfg.get("data", {})
     try:
-        lim = cfg["run"].get("report_limit")
+        lim, protos = cfg["run"].get("report_limit"), cfg["run"].get("report_protocols")
+        options = {"settings": Settings(protocols=tuple(protos))} if protos else {}
         report = build_report([run_dir / "model"], cfg["run"]["report"], run_dir / "report", names=[run_dir.name],
-                              limit=lim, test_limit=lim,
+                              limit=lim, test_limit=lim, **options,
                               seed=int(cfg["run"].get("seed") or 0), mean=d.get("mean"), std=d.get("std"),
                               progress=bool(cfg.get("trainer", {}).get("enable_progress_bar", True)))
     except (ValueError, FileNotFoundError, TypeError, KeyError) as e:

@@ -77,6 +77,7 @@ DEFAULTS: dict = {
         "checkpoint_monitor": "step",  # which periodic checkpoints to keep: the newest (step) or best (val/loss)
         "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit pretrain` then writes `mimkit report` of the model into <run>/report
         "report_limit": None,  # the report reads only N training and N test images (a quick look; None: all)
+        "report_protocols": None,  # frozen protocols of the report (default all: knn, linear, logreg)
     },
 }
 
@@ -238,6 +239,10 @@ def validate(cfg: dict) -> dict:
 def _validate_report(cfg: dict) -> None:
     """``run.report``: fashion_mnist or an existing folder, checked before training, not after it."""
     rep = cfg["run"].get("report")
+    protos = cfg["run"].get("report_protocols")
+    known = ("knn", "linear", "logreg")
+    if protos is not None and (isinstance(protos, str) or not protos or any(p not in known for p in protos)):
+        raise ValueError(f"run.report_protocols must be a non-empty list of {list(known)}, got {protos!r}")
     if rep in (None, "", False):
         return
     from pathlib import Path
