@@ -74,7 +74,8 @@ def run(args) -> int:
                "knn20_raw_pixels": accuracy(report, "raw_pixels", "knn"),
                "linear_raw_pixels": accuracy(report, "raw_pixels", lin),
                "knn20_random_init": accuracy(report, "random_init", "knn"),
-               "verdicts": {p: verdict_of(report, name, p) for p in ("knn", "linear", "logreg", "best_linear")}}
+               "verdicts": {p: verdict_of(report, name, p) for p in ("knn", "linear", "logreg", "best_linear")
+                            if find(report, name, p)}}
     pictures = [p for p in (run_dir / "reconstructions" / "latest.png", run_dir / "loss_curve.png") if p.exists()]
     pictures += [Path(p) for p in report.get("pictures", {}).values()]
     if has_cls_token(model):

@@ -11,8 +11,7 @@ the same ViT from scratch for those minutes plus the encoder's pretraining time.
 Every accuracy carries a 95% interval and every difference to raw pixels a paired interval and a
 verdict (:mod:`mimkit.eval.stats`). :func:`build_report` writes ``report.json`` (``rows``, ``splits``
 with the class counts of every split and subset, ``encoders``, ``settings``), ``report.md``,
-``report.png`` and ``neighbours.png`` (:mod:`mimkit.eval.render`); the data come from
-:mod:`mimkit.eval.folders`.
+``report.png`` and ``neighbours.png`` (:mod:`mimkit.eval.render`); data from :mod:`mimkit.eval.folders`.
 """
 from __future__ import annotations
 
@@ -116,7 +115,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-class _Clock:
+class _Clock:  # named wall times, printed as they finish
     def __init__(self, progress: bool):
         self.walls: dict[str, float] = {}
         self.progress = progress
@@ -133,6 +132,11 @@ class _Clock:
                 clock.walls[name] = round(time.time() - self.t, 1)
                 say(f"   ({clock.walls[name]:.1f} s)", clock.progress)
         return _T()
+
+
+def _shown(spec) -> str:  # a path as a report records it: relative to the current directory when inside it
+    p = Path(str(spec))
+    return str(p.resolve().relative_to(Path.cwd())) if ":" not in str(spec)[:6] and p.resolve().is_relative_to(Path.cwd()) else str(spec)
 
 
 def _row_key(name: str, source: str, data: str, cfg: ReportConfig, extra: str) -> str:
@@ -266,7 +270,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
         run_row(name, "random" if spec is None else _source_id(spec, model), feats)
         c = getattr(model, "mimkit_config", None) or {}
         encoders[name] = {"recipe": c.get("recipe"), "source": None if spec is None else
-                          (str(spec) if isinstance(spec, (str, Path)) else "model"),
+                          (_shown(spec) if isinstance(spec, (str, Path)) else "model"),
                           "feature_dims": {k: int(v.shape[1]) for k, v in vectors[name][0].items()},
                           "pretrain_minutes": None if spec is None else pre[names.index(name)]}
     rows = summarise(results, RAW, cfg.resamples, cfg.seed)
