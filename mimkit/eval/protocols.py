@@ -136,10 +136,11 @@ def choose(protocol: str, feats: dict, ytr, splits, num_classes: int, s: Setting
             for j, c in enumerate(s.cs):
                 scores[f"{vec}@{c:g}"] = sum(a[j] for a in accs) / len(accs)
         scores = {k: scores[k] for k in keys}
-    for key in keys if protocol != "logreg" else ():
-        accs = [float((fit_predict(protocol, key, feats, ytr, fit, held, num_classes, s, notes) == ytr[held])
-                      .float().mean()) for fit, held in splits]
-        scores[key] = sum(accs) / len(accs)
+    else:
+        for key in keys:
+            accs = [float((fit_predict(protocol, key, feats, ytr, fit, held, num_classes, s, notes) == ytr[held])
+                          .float().mean()) for fit, held in splits]
+            scores[key] = sum(accs) / len(accs)
     best = max(scores, key=lambda k: (scores[k], -keys.index(k)))
     return best, scores
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,9 +19,11 @@ LEVEL = 0.95
 VERDICTS = ("better", "tie", "worse")
 
 
+@functools.lru_cache(maxsize=4)
 def resample_rows(n: int, resamples: int = RESAMPLES, seed: int = 0) -> torch.Tensor:
     """(resamples, n) row indices drawn with replacement; the same ``seed`` gives every row of a report
-    the same resamples, which is what makes the intervals of a difference paired."""
+    the same resamples, which is what makes the intervals of a difference paired. Drawn once per
+    (n, resamples, seed) and shared (read only): a report asks for the same draw for every row."""
     return torch.randint(0, n, (int(resamples), int(n)), generator=torch.Generator().manual_seed(int(seed)))
 
 
