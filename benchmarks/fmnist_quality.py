@@ -119,9 +119,11 @@ def budget_run(recipe: str, minutes: float, args) -> Path:
 
     run_dir = Path(args.work) / "curve" / f"{recipe}-{minutes:g}min"
     why = why_not_reused(run_dir, recipe, minutes, args)
-    if why is None and not args.rerun:
-        print(f"== {recipe}, {minutes:g} min: reusing the finished run in {rel(run_dir)} (--rerun to pretrain again)")
-        return run_dir
+    kept = Path(args.models) / run_dir.name  # the committed copy: a fresh clone judges it without pretraining
+    for found, reason in ((run_dir, why), (kept, why_not_reused(kept, recipe, minutes, args))):
+        if reason is None and not args.rerun:
+            print(f"== {recipe}, {minutes:g} min: reusing the finished run in {rel(found)} (--rerun to pretrain again)")
+            return found
     if run_dir.is_dir():
         print(f"   ({rel(run_dir)} is not reused: {'--rerun' if why is None else why})")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -132,11 +134,13 @@ def budget_run(recipe: str, minutes: float, args) -> Path:
 
 
 def keep_model(run_dir: Path, name: str, args) -> str:
-    """Copy the point's model/ (and its schedule) to ``--models``/<name>/, the committed copy."""
+    """Copy the point's model/ (with its schedule and config) to ``--models``/<name>/, the committed copy."""
     dest = Path(args.models) / name
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(run_dir / "model", dest / "model")
-    shutil.copy2(run_dir / "schedule.json", dest / "schedule.json")
+    if dest.resolve() != run_dir.resolve():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(run_dir / "model", dest / "model")
+        for f in ("schedule.json", "config.yaml"):  # config.yaml: what why_not_reused compares
+            shutil.copy2(run_dir / f, dest / f)
     return rel(dest / "model")
 
 

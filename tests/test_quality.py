@@ -46,3 +46,14 @@ def test_curve_end_to_end_and_resume(tmp_path, capsys):
     assert text.count("reusing the finished run") == 2 and "pretraining with a" not in text
     again = json.loads((tmp_path / "res" / "q.json").read_text())
     assert again["curve"] == q["curve"] and again["raw_pixels"] == q["raw_pixels"]
+
+    # a fresh clone has the committed copies (--models) but no work dir: they are judged, not pretrained again
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")
+    assert fmnist_quality.main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("reusing the finished run in") == 2 and "pretraining with a" not in text
+    fresh = json.loads((tmp_path / "res" / "q.json").read_text())
+    assert {m: p["knn"]["accuracy"] for m, p in fresh["curve"]["mae_vit_tiny_patch4_28"].items()} == \
+        {m: p["knn"]["accuracy"] for m, p in pts.items()}
