@@ -2,6 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_RUN ?= runs/demo
+DEMO_ARGS ?=  # e.g. make demo DEMO_ARGS="--recipe ibot_vit_tiny_patch4_28 --minutes 15"
 
 .PHONY: setup data demo lint test test-fast bench clean
 
@@ -12,7 +13,7 @@ data:
 	@bash scripts/get_data.sh
 
 demo: setup data
-	$(BIN)/mimkit demo --out $(DEMO_RUN)
+	$(BIN)/mimkit demo --out $(DEMO_RUN) $(DEMO_ARGS)
 
 # `ruff format` is checked on the files written since the formatter came in (the rest keeps its
 # hand-wrapped style; formatting all of it would be one large diff): add a file here when it is formatted.

@@ -2,6 +2,7 @@
 
     python benchmarks/fmnist_quality.py                                  # MAE at 7.5, 15 and 60 minutes
     python benchmarks/fmnist_quality.py --methods mae,data2vec2 --curve 15,60
+    python benchmarks/fmnist_quality.py --methods mae,ibot --method-curve ibot=7.5,15   # MAE at 7.5, 15, 60
 
 Each method's tiny CPU recipe is pretrained on the 60,000 training images *without labels* for each
 budget of ``--curve``, with a budget-true schedule (``trainer.max_minutes``: warm-up, then a cosine
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"mae": "mae_vit_tiny_patch4_28", "data2vec2": "data2vec2_vit_tiny_patch4_28",
            "ijepa": "ijepa_vit_tiny_patch4_28", "simmim": "simmim_vit_tiny_patch4_28",
-           "maskfeat": "maskfeat_vit_tiny_patch4_28", "ibot": "ibot_vit_tiny_patch4_28"}
+           "maskfeat": "maskfeat_vit_tiny_patch4_28", "ibot": "ibot_vit_tiny_patch7_28"}
 PROTOCOLS = ("knn", "linear", "logreg", "best_linear")
 
 
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="mae", help="methods or recipes, comma-separated (mae, data2vec2, ijepa, "
                                                      "simmim, maskfeat, ibot, or a recipe of configs/; default mae)")
     p.add_argument("--curve", type=_numbers, default=[7.5, 15, 60], help="pretraining budgets in minutes (default 7.5,15,60)")
+    p.add_argument("--method-curve", action="append", default=[], metavar="METHOD=M1,M2",
+                   help="other budgets for one method, e.g. ibot=7.5,15 (repeatable; the others take --curve)")
     p.add_argument("--labels-per-class", type=lambda t: _numbers(t, int), default=[60],
                    help="scarce-label budgets, comma-separated (default 60: 1%% of the labels)")
     p.add_argument("--draws", type=int, default=3, help="scarce subsets drawn per N (default 3)")
@@ -66,6 +69,16 @@ def parse_args(argv=None):
     if not args.curve or min(args.curve) <= 0:
         p.error("--curve takes positive minutes, e.g. 7.5,15,60")
     args.recipes = [recipe_of(m) for m in args.methods.split(",") if m.strip()]
+    args.budgets = {r: sorted(args.curve) for r in args.recipes}
+    for item in args.method_curve:
+        name, _, minutes = item.partition("=")
+        try:
+            minutes = _numbers(minutes)
+        except argparse.ArgumentTypeError:
+            minutes = []
+        if recipe_of(name) not in args.budgets or not minutes or min(minutes) <= 0:
+            p.error(f"--method-curve takes one of --methods and positive minutes, e.g. ibot=7.5,15; got {item!r}")
+        args.budgets[recipe_of(name)] = sorted(minutes)
     return args
 
 
@@ -174,7 +187,7 @@ def main(argv=None) -> int:
     t0, out = time.time(), Path(args.out)
     points = {}  # name -> (recipe, minutes, run_dir)
     for recipe in args.recipes:
-        for minutes in sorted(args.curve):
+        for minutes in args.budgets[recipe]:
             run_dir = budget_run(recipe, minutes, args)
             points[f"{recipe}-{minutes:g}min"] = (recipe, minutes, run_dir)
     names = list(points)

@@ -57,3 +57,15 @@ def test_curve_end_to_end_and_resume(tmp_path, capsys):
     fresh = json.loads((tmp_path / "res" / "q.json").read_text())
     assert {m: p["knn"]["accuracy"] for m, p in fresh["curve"]["mae_vit_tiny_patch4_28"].items()} == \
         {m: p["knn"]["accuracy"] for m, p in pts.items()}
+
+
+def test_a_method_can_have_its_own_budgets(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fmnist_quality
+
+    a = fmnist_quality.parse_args(["--methods", "mae,ibot", "--method-curve", "ibot=15,7.5"])
+    assert a.budgets == {"mae_vit_tiny_patch4_28": [7.5, 15, 60], fmnist_quality.METHODS["ibot"]: [7.5, 15]}
+    for bad in ("simmim=15", "ibot=", "ibot=-1", "ibot=a,b"):  # not among --methods, no or bad minutes
+        with pytest.raises(SystemExit):
+            fmnist_quality.parse_args(["--methods", "mae,ibot", "--method-curve", bad])
+        assert "--method-curve takes one of --methods" in capsys.readouterr().err

@@ -267,7 +267,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
             ftr, _ = extract_features(model, rd.train, how, cfg.batch_size, cfg.device, 0, cfg.progress, f"{name} train")
             fte, _ = extract_features(model, rd.test, how, cfg.batch_size, cfg.device, 0, cfg.progress, f"{name} test")
             return (ftr, fte) if isinstance(ftr, dict) else ({how: ftr}, {how: fte})
-        run_row(name, "random" if spec is None else _source_id(spec, model), feats)
+        run_row(name, _source_id(spec, model), feats)  # the random init: its recipe and config
         c = getattr(model, "mimkit_config", None) or {}
         encoders[name] = {"recipe": c.get("recipe"), "source": None if spec is None else
                           (_shown(spec) if isinstance(spec, (str, Path)) else "model"),

@@ -432,7 +432,10 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     if minutes:  # open-ended until the budget callback fixes the steps; compile when the budget is long
         module.total_steps_hint = 10**9
         long_enough = COMPILE_MIN_STEPS if float(minutes) >= COMPILE_MIN_MINUTES else 0
-    if should_compile(cfg["trainer"].get("compile"), long_enough, _device_type(trainer)):
+    # a model may opt out (iBOT: its loss updates the teacher's centre in place during the forward, which a
+    # compiled backward that recomputes the teacher's probabilities from the centre cannot allow)
+    if should_compile(cfg["trainer"].get("compile"), long_enough, _device_type(trainer)) and \
+            getattr(module.model, "compile_training", True):
         module.compile_model(_device_type(trainer))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume)
