@@ -26,7 +26,7 @@ import torch
 
 from . import render
 from .folders import FMNIST_NAMES, ReportData, load_report_data, say  # noqa: F401  (re-exported)
-from .protocols import Settings, evaluate_row, raw_vectors, summarise
+from .protocols import PROTOCOL_NAMES, Settings, evaluate_row, raw_vectors, summarise
 from .render import RANDOM, RAW, accuracy, find, report_table, verdict_table  # noqa: F401  (re-exported)
 
 DEFAULT_LABELS_PER_CLASS = (10, 100)
@@ -244,7 +244,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
     results, vectors, encoders = {}, {}, {}
 
     def run_row(name: str, source: str, make_vectors) -> None:
-        with clock(f"{name}: 20-NN, linear probe, logistic regression"):
+        with clock(f"{name}: " + ", ".join(PROTOCOL_NAMES[p] for p in s.protocols)):
             tr, te = make_vectors()
             vectors[name] = (tr, te)
             key = _row_key(name, source, str(data), cfg, ",".join(sorted(tr)))
