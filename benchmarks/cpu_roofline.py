@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "0afbaf6"  # the last commit before the speed work (issue 20)
 RECIPES = ["mae_vit_tiny_patch4_28", "simmim_vit_tiny_patch4_28", "simmim_swin_tiny_window4_32",
            "maskfeat_vit_tiny_patch4_28", "beit_vit_tiny_patch4_28", "data2vec2_vit_tiny_patch4_28",
-           "ijepa_vit_tiny_patch4_28"]
+           "ijepa_vit_tiny_patch4_28", "ibot_vit_tiny_patch4_28"]
 PEER_METHODS = {"mae", "simmim", "simmim_swin", "beit"}  # methods with a transformers pretraining class
 # BEiT's config reads a trained tokenizer from runs/; speed does not depend on its weights: a fresh one
 RECIPE_OVERRIDES = {"beit_vit_tiny_patch4_28": ["model.tokenizer_path=null", "model.tokenizer_config={recipe: dvae_tiny_28}"]}
@@ -71,6 +71,17 @@ def _build(spec):
 
     recipe, kw = model_kwargs(_recipe_cfg(spec))
     return create(recipe, **kw)
+
+
+def step_inputs(model, batch, generator=None) -> dict:
+    """Random inputs of one training step: ``images``, and the ``views`` of a multi-view method (iBOT's 2
+    global + local crops, as the data layer makes them); the baseline tree's models take images only."""
+    import torch
+
+    if hasattr(model, "example_inputs"):
+        return model.example_inputs(batch, generator)
+    size = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
+    return {"images": torch.randn(batch, model.in_chans, size, size, generator=generator)}
 
 
 class Peer:
@@ -151,16 +162,15 @@ def child_step(spec):
     fwd = Peer.wrap(model) if spec["impl"] == "transformers" else model
     params = [p for p in fwd.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=new)
-    if new:
+    if new and getattr(model, "compile_training", True):  # iBOT opts out: mimkit pretrain runs it eagerly
         from mimkit.train.speed import compile_for_training
 
         fwd = compile_for_training(fwd, "cpu")
-    size = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
-    x = torch.randn(spec["batch"], model.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    inputs = step_inputs(model, spec["batch"], torch.Generator().manual_seed(0))
     times = []
     for i in range(spec["warmup"] + spec["steps"]):
         t = time.perf_counter()
-        fwd(images=x).loss.backward()
+        fwd(**inputs).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
@@ -277,9 +287,8 @@ def child_roof(spec):
 
     model = _build(spec)
     model.train()
-    size = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
     b = spec["batch"]
-    x = torch.randn(b, model.in_chans, size, size)
+    inputs = step_inputs(model, b)
     shapes: dict[tuple, int] = {}
     mm = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
 
@@ -292,11 +301,11 @@ def child_roof(spec):
             return func(*args, **(kwargs or {}))
 
     with FlopCounterMode(display=False) as fc:
-        model(x).loss.backward()
+        model(**inputs).loss.backward()
     flops = fc.get_total_flops() / b
     model.zero_grad()
     with Shapes():
-        model(x).loss.backward()
+        model(**inputs).loss.backward()
 
     def sgemm(m, k, n, reps=None):
         a, w = torch.randn(m, k), torch.randn(k, n)

@@ -2,7 +2,7 @@
 # One call that measures mimkit on a lent accelerator (an H200), in at most 9 minutes:
 #   1. the ViT-B/16 training throughput table, every method, eager and compiled, bf16 autocast, fused
 #      AdamW, batch 256 at 224 px, beside transformers where it has the method's class
-#      (benchmarks/throughput.py; mimkit-only rows for MaskFeat, data2vec 2.0, I-JEPA, SimMIM Swin);
+#      (benchmarks/throughput.py; mimkit-only rows for MaskFeat, data2vec 2.0, I-JEPA, SimMIM Swin, iBOT);
 #   2. a 5-minute Fashion-MNIST pretraining of the best CPU recipe (MAE tiny) and its 20-NN on the
 #      full 10k test set, beside raw pixels.
 # Tables go to stdout and, as JSON and logs, to $OUT (the device tool's folder) or ./device_results.
@@ -34,7 +34,7 @@ fi
 
 echo "== 1/2 training throughput (benchmarks/throughput.py)"
 timeout ${THROUGHPUT_TIMEOUT:-330} "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" \
-  --methods mae,simmim,beit,maskfeat,data2vec2,ijepa,simmim_swin --out "$OUTDIR/throughput.json" \
+  --methods mae,simmim,beit,maskfeat,data2vec2,ijepa,simmim_swin,ibot --out "$OUTDIR/throughput.json" \
   2>&1 | tee "$OUTDIR/throughput.log" | grep -E '^\||^Training|failed' || echo "throughput: see $OUTDIR/throughput.log"
 
 echo "== 2/2 ${MINUTES}-minute Fashion-MNIST pretraining (mae_vit_tiny_patch4_28) and its 20-NN"

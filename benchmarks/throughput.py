@@ -40,7 +40,11 @@ OWN_RECIPES = {  # the others, timed as mimkit only (no transformers class to co
     "data2vec2": {"base": "data2vec2_vit_base_patch16", "tiny": "data2vec2_vit_tiny_patch4_28"},
     "ijepa": {"base": "ijepa_vit_base_patch16", "tiny": "ijepa_vit_tiny_patch4_28"},
     "simmim_swin": {"base": "simmim_swin_base_window6_192", "tiny": "simmim_swin_tiny_window4_32"},
+    "ibot": {"base": "ibot_vit_base_patch16", "tiny": "ibot_vit_tiny_patch4_28"},
 }
+# models that opt out of a compiled training step (compile_training=False; mimkit pretrain runs them eagerly):
+# no compiled row
+EAGER_ONLY = {"ibot"}
 
 
 def hf_model(method: str, size: str):
@@ -192,10 +196,9 @@ def worker(spec: dict) -> dict:
         from mimkit.registry import create
 
         model = create(OWN_RECIPES[spec["method"]][spec["size"]])
-        img = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
-        g = torch.Generator().manual_seed(0)
-        batches = [{"images": torch.randn(spec["batch"], model.in_chans, img, img, generator=g).to(device)}
-                   for _ in range(4)]
+        g = torch.Generator().manual_seed(0)  # one step's inputs as the data layer shapes them (iBOT: views)
+        batches = [{k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device))
+                    for k, v in model.example_inputs(spec["batch"], g).items()} for _ in range(4)]
     if spec["method"] == "mae":
         for b in batches:
             b.pop("mask", None)
@@ -291,9 +294,10 @@ def main() -> int:
     repeats = max(1, args.repeats or (1 if gpu else 3))
     results = []
     impls = args.impls.split(",")
-    runs = [(m, mode, impl, r) for m in args.methods.split(",") for mode in args.modes.split(",")
-            for r in range(repeats) for impl in (impls if r % 2 == 0 else impls[::-1])
-            if impl == "mimkit" or m in PEERS]
+    rows = [(m, mode) for m in args.methods.split(",") for mode in args.modes.split(",")
+            if mode != "compiled" or m not in EAGER_ONLY]
+    runs = [(m, mode, impl, r) for m, mode in rows for r in range(repeats)
+            for impl in (impls if r % 2 == 0 else impls[::-1]) if impl == "mimkit" or m in PEERS]
     for i, (method, mode, impl, rep) in enumerate(runs, 1):
         spec = dict(method=method, mode=mode, impl=impl, device=device, size=size, batch=batch, steps=steps,
                     warmup=warmup, threads=args.threads, repeat=rep, malloc_tuning=not args.no_malloc_tuning)
@@ -330,29 +334,28 @@ def main() -> int:
           f"transformers {'peak' if gpu else 'RSS growth'} |" + (" SPEC.md H100 peer img/s |" if gpu else "")
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
-    for method in args.methods.split(","):
-        for mode in args.modes.split(","):
-            a, b = get("mimkit", method, mode), get("transformers", method, mode)
-            fmt = (lambda r: f"{r['mfu'] * 100:.1f}%" if r and r.get("mfu") else "-") if gpu else \
-                (lambda r: f"{r['achieved_tflops']:.3f}" if r else "-")
-            def ips(r):
-                return ("failed" if not r else f"{r['images_per_s']:.1f}" + (
-                            f" [{r['ips_range'][0]:.1f}-{r['ips_range'][1]:.1f}]" if r["n"] > 1 else ""))
-            def mem(r):
-                return f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
-            sp = f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"
-            if method not in PEERS:  # no transformers class for this method
-                b_txt = "-"
-            else:
-                b_txt = ips(b)
-            row = f"| {method} | {mode} | {ips(a)} | {b_txt} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
-            if gpu:
-                row += f" {SPEC_PEERS_H100.get(method, {}).get(mode, '-')} |"
-            print(row)
+    for method, mode in rows:
+        a, b = get("mimkit", method, mode), get("transformers", method, mode)
+        fmt = (lambda r: f"{r['mfu'] * 100:.1f}%" if r and r.get("mfu") else "-") if gpu else \
+            (lambda r: f"{r['achieved_tflops']:.3f}" if r else "-")
+        def ips(r):
+            return ("failed" if not r else f"{r['images_per_s']:.1f}" + (
+                        f" [{r['ips_range'][0]:.1f}-{r['ips_range'][1]:.1f}]" if r["n"] > 1 else ""))
+        def mem(r):
+            return f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
+        sp = f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"
+        if method not in PEERS:  # no transformers class for this method
+            b_txt = "-"
+        else:
+            b_txt = ips(b)
+        row = f"| {method} | {mode} | {ips(a)} | {b_txt} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
+        if gpu:
+            row += f" {SPEC_PEERS_H100.get(method, {}).get(mode, '-')} |"
+        print(row)
     with open(args.out, "w") as f:
         summary = [{"method": m, "mode": mode, **{f"{impl}_images_per_s": (get(impl, m, mode) or {}).get("images_per_s")
                                                    for impl in impls}}
-                   for m in args.methods.split(",") for mode in args.modes.split(",")]
+                   for m, mode in rows]
         json.dump({"device": dev_name, "size": size, "batch": batch, "steps": steps, "repeats": repeats,
                    "malloc_tuning": not args.no_malloc_tuning,
                    "median": summary, "results": results,

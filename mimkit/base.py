@@ -57,7 +57,9 @@ class MIMModel(nn.Module):
       optimiser step (iBOT drops its prototypes' gradients early in the run);
     * ``multi_crop``: the views a multi-view method wants from the data layer (:mod:`mimkit.data.views`),
       which then passes ``forward(images=first global view, views=[the others])``;
-    * ``frozen_parts``: submodules that never train (a tokenizer, a teacher): kept in eval mode.
+    * ``frozen_parts``: submodules that never train (a tokenizer, a teacher): kept in eval mode;
+    * ``feature_encoder()``: the encoder that evaluation, export and the tools read (default ``self.encoder``;
+      iBOT's EMA teacher with ``eval_teacher``).
     """
 
     method: str = "mim"
@@ -122,8 +124,31 @@ class MIMModel(nn.Module):
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return unpatchify(x, self.patch_size, grid, self.in_chans)
 
+    def example_inputs(self, batch: int, generator: torch.Generator | None = None) -> dict:
+        """Random ``forward`` inputs of one training step's shapes (benchmarks, FLOP counts): ``images``
+        (N, C, H, W), and for a multi-view method the ``views`` its :attr:`multi_crop` asks the data layer for
+        (the second global view, then the local ones)."""
+        size, crops = tuple(self.img_size), getattr(self, "multi_crop", None)
+        rand = lambda hw: torch.randn(batch, self.in_chans, *hw, generator=generator)  # noqa: E731
+        out = {"images": rand(size)}
+        if crops:
+            local = (crops["local_size"],) * 2
+            out["views"] = [rand(size)] + [rand(local) for _ in range(crops["local_crops_number"])]
+        return out
+
+    def feature_encoder(self) -> nn.Module:
+        """The encoder whose features are evaluated and exported (see :func:`feature_encoder`)."""
+        return self.encoder
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Unmasked encoder tokens (N, prefix+L, D) after the final norm (prefix = 1 class token for
-        ViT and BEiT encoders; see the method for others)."""
-        return self.encoder(images, **kwargs).last_hidden_state
+        """Unmasked tokens (N, prefix+L, D) of :meth:`feature_encoder` after the final norm (prefix = 1 class
+        token for ViT and BEiT encoders; see the method for others)."""
+        return self.feature_encoder()(images, **kwargs).last_hidden_state
+
+
+def feature_encoder(model: nn.Module) -> nn.Module:
+    """The encoder of ``model`` that evaluation and export read: a mimkit model's ``feature_encoder()``,
+    another wrapper's ``encoder``, else ``model`` itself (an encoder)."""
+    fn = getattr(model, "feature_encoder", None)
+    return fn() if callable(fn) else getattr(model, "encoder", model)

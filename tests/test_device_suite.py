@@ -18,7 +18,7 @@ def test_device_suite_cpu_smoke(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = json.loads((tmp_path / "throughput.json").read_text())["median"]
     methods = {row["method"] for row in table if row["mimkit_images_per_s"]}
-    assert methods == {"mae", "simmim", "beit", "maskfeat", "data2vec2", "ijepa", "simmim_swin"}
+    assert methods == {"mae", "simmim", "beit", "maskfeat", "data2vec2", "ijepa", "simmim_swin", "ibot"}
     assert all(row["transformers_images_per_s"] for row in table if row["method"] in ("mae", "simmim", "beit"))
     knn = json.loads((tmp_path / "knn.json").read_text())
     assert knn["test_images"] == 512 and set(knn["results"]) == {"cls", "mean"}

@@ -157,6 +157,7 @@ def test_uploads_of_any_size_and_mode(mae_run, tmp_path):
     ("data2vec2_vit_tiny_patch4_28", dict(**SMALL, decoder_dim=32, decoder_layers=1, top_k_layers=2, num_masks=2)),
     ("ijepa_vit_tiny_patch4_28", dict(**SMALL, predictor_embed_dim=16, predictor_depth=1, predictor_num_heads=2)),
     ("simmim_swin_tiny_window4_32", {}),
+    ("ibot_vit_tiny_patch4_28", dict(**SMALL, out_dim=64, hidden_dim=32, bottleneck_dim=16)),
 ])
 def test_what_each_method_predicts(recipe, kw, tmp_path):
     ex = Explorer(str(save_tiny(tmp_path, recipe, **kw)), **LIMITS)
@@ -184,6 +185,33 @@ def test_what_each_method_predicts(recipe, kw, tmp_path):
         a = ex.attention(x, -1, "mean")
         assert np.isfinite(np.array(a["map"])).all() and a["picture"].shape[:2] == (ex.size * ex.scale,) * 2
         assert ("no cls token" in a["note"]) == (ex.method == "ijepa")
+
+
+def test_ibot_shows_the_cross_entropy_to_the_teacher_per_hidden_patch(tmp_path, perturb):
+    """iBOT: the masked input, and at each hidden patch the patch term of its loss -- the teacher's softmax on the
+    unmasked image, centred and sharpened at the end-of-run patch temperature, against the student's log-softmax
+    on the masked image (transcribed here); none at the visible patches."""
+    torch.manual_seed(0)
+    model = mimkit.create("ibot_vit_tiny_patch4_28", **SMALL, out_dim=64, hidden_dim=32, bottleneck_dim=16,
+                          warmup_teacher_patch_temp=0.04, teacher_patch_temp=0.07)
+    perturb(model.teacher)  # a teacher apart from the student, and a centre that matters
+    model.criterion.center2.normal_()
+    ex = Explorer(str(mimkit.save(model, tmp_path / "ibot")), **LIMITS)
+    x, _ = ex.dataset_image(2)
+    r = ex.mask_and_predict(x, "random", 0.5, seed=1)
+    hidden = ex.mask("random", 0.5, 1)[0]
+    m = ex.model
+    with torch.no_grad():
+        t = m.teacher_head.encoder
+        t_logits = t.patch_logits(t.project(m.teacher(x).last_hidden_state[0, 1:]))
+        s_logits = m.head.patch_logits(m.head.project(m.encoder(x, mask=hidden[None]).last_hidden_state[0, 1:]))
+    want = -(F.softmax((t_logits - m.criterion.center2[0, 0]) / 0.07, -1) * F.log_softmax(s_logits / 0.1, -1)).sum(-1)
+    err = r["info"]["errors"]
+    assert [e is None for e in err] == (~hidden).tolist()
+    assert torch.allclose(torch.tensor([e for e in err if e is not None]), want[hidden], rtol=1e-4)
+    masked = r["panels"][1][::ex.scale, ::ex.scale, 0].reshape(7, 4, 7, 4)  # hidden patches grey
+    assert (masked.transpose(0, 2, 1, 3).reshape(49, 16)[hidden.numpy()] == 128).all()
+    assert "prototype distributions" in r["titles"][2] and "not pixels" in r["note"]
 
 
 def test_a_transformers_directory(tmp_path):

@@ -465,7 +465,8 @@ def test_pretrain_runs_through_the_engine(tmp_path):
 
 def test_resume_from_a_checkpoint_is_exact(tmp_path):
     """An 8-step run, and the same run resumed from its checkpoint after epoch 1 (step 4): bit-identical
-    weights, teacher and centres (views seeded per image, schedules read from the step, centres saved)."""
+    weights, teacher and centres (views seeded per image, schedules -- the weight decay's too -- read from
+    the step, centres saved)."""
     from safetensors.torch import load_file
 
     from mimkit.train.config import load_config
@@ -473,7 +474,8 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path):
 
     def cfg(run_dir):
         over = [f"model.{k}={v}" for k, v in TINY.items()] + [
-            "model.freeze_last_layer_fraction=0.3", "model.pred_start_fraction=0.2", "data.limit=64",
+            "model.freeze_last_layer_fraction=0.3", "model.pred_start_fraction=0.2", "optim.weight_decay_end=0.4",
+            "model.clip_grad=0.5", "data.limit=64",
             "data.batch_size=16", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
             "trainer.compile=false", "run.keep_periodic=-1", f"run.dir={run_dir}"]
         return load_config(ROOT / "configs" / "ibot_vit_tiny_patch4_28.yaml", over)

@@ -8,7 +8,8 @@ with, and answers the page's four questions:
   then original | masked | prediction | prediction + visible for pixel methods (``model.reconstruct``
   through :func:`mimkit.viz.reconstruction_panels`), the predicted visual-token map beside the tokenizer's
   for BEiT, the per-patch error of the predicted features for MaskFeat (HOG), data2vec 2.0 and I-JEPA
-  (teacher features). The same seed gives the same mask.
+  (teacher features), and for iBOT the cross-entropy of the student's prototype distribution to the EMA
+  teacher's at each hidden patch. The same seed gives the same mask.
 * :meth:`Explorer.attention`: cls-to-patch attention of one block and head (:func:`mimkit.viz.attention_maps`),
   or, for an encoder without a cls token (I-JEPA), the mean attention each patch receives.
 * :meth:`Explorer.neighbours`: the nearest training images under the encoder (cosine, the k-NN protocol's
@@ -37,7 +38,7 @@ PATCHES = "patches"  # the user's own mask: the patches clicked (or typed)
 VIEWS = ("auto", "pixels")  # "pixels" asks for a pixel reconstruction whatever the method predicts
 WHAT = {"pixels": "pixels", "tokens": "visual-token ids", "features": "features"}
 FEATURE_TARGET = {"maskfeat": "HOG features", "data2vec2": "the EMA teacher's averaged block outputs",
-                  "ijepa": "the EMA teacher's final tokens"}
+                  "ijepa": "the EMA teacher's final tokens", "ibot": "the EMA teacher's prototype distributions"}
 
 
 def first_line(e: BaseException | str) -> str:
@@ -166,6 +167,8 @@ class Explorer:
         self.checkpoint, self.data, self.data_root = str(checkpoint), str(data), data_root
         self.train_limit, self.test_limit = train_limit, test_limit
         self.model = self._load(self.checkpoint)
+        if callable(getattr(self.model, "on_train_step", None)):  # its own schedules (iBOT's teacher
+            self.model.on_train_step(1.0, 1.0)  # temperatures) where a trained model ends its run
         self.size, self.chans = model_input(self.model)
         self.patch = int(self.model.patch_size)
         self.grid = (self.size // self.patch, self.size // self.patch)
@@ -203,8 +206,7 @@ class Explorer:
 
     def describe(self) -> str:
         """One paragraph (Markdown) about the model on the page."""
-        enc = getattr(self.model, "encoder", self.model)
-        depth = len(getattr(enc, "blocks", []) or [])
+        depth = self.depth
         what = WHAT[self.kind] if self.kind != "features" else FEATURE_TARGET.get(self.method, "features")
         cfg = getattr(self.model, "mimkit_config", None) or {}
         recipe = cfg.get("recipe") or cfg.get("builder") or self.method
@@ -214,11 +216,18 @@ class Explorer:
 
     @property
     def depth(self) -> int:
-        return len(getattr(getattr(self.model, "encoder", self.model), "blocks", []) or [])
+        return len(getattr(self.encoder, "blocks", []) or [])
+
+    @property
+    def encoder(self):
+        """The encoder the page shows (its attention, its neighbours): the one evaluation reads."""
+        from ..base import feature_encoder
+
+        return feature_encoder(self.model)
 
     @property
     def heads(self) -> int:
-        enc = getattr(self.model, "encoder", self.model)
+        enc = self.encoder
         blocks = getattr(enc, "blocks", None)
         if not blocks:
             return 0
@@ -435,7 +444,8 @@ class Explorer:
 
     def feature_errors(self, x, out, used) -> torch.Tensor:
         """(L,) error of the predicted features at each hidden patch (NaN at visible ones): the method's
-        own loss per token (MaskFeat and data2vec 2.0: squared error; I-JEPA: smooth L1)."""
+        own loss per token (MaskFeat and data2vec 2.0: squared error; I-JEPA: smooth L1; iBOT: its patch
+        term's cross-entropy, :meth:`mimkit.methods.ibot.IBOT.patch_cross_entropy`)."""
         import torch.nn.functional as F
 
         hidden = used[0]
@@ -453,6 +463,8 @@ class Explorer:
             target = ijepa_targets(self.model.teacher(x.float()).last_hidden_state)[0]
             # an explicit mask makes its hidden patches one target block, in patch order
             e = F.smooth_l1_loss(out.pred.float(), target[hidden], beta=1.0, reduction="none").mean(-1)
+        elif self.method == "ibot":
+            e = self.model.patch_cross_entropy(x, used)[0][hidden]
         else:
             raise ValueError(f"{self.method} has no per-patch view of its predictions in the explorer")
         err[hidden] = e.float().cpu()
@@ -484,12 +496,12 @@ class Explorer:
         patch receives (over all queries)."""
         from ..viz import attention_maps
 
-        enc = getattr(self.model, "encoder", self.model)
+        enc = self.encoder
         depth = self.depth
         if depth and not -depth <= int(block) < depth:
             raise ValueError(f"block must be between 1 and {depth} (this encoder has {depth} blocks)")
         if getattr(enc, "cls_token", None) is not None:
-            return attention_maps(self.model, x, int(block))[0], "cls-to-patch attention"
+            return attention_maps(enc, x, int(block))[0], "cls-to-patch attention"
         if not depth:  # Swin: windowed attention only (its encoder says so)
             enc(x, output_attentions=True)
             raise ValueError(f"{type(enc).__name__} returns no attention maps")

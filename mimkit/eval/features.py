@@ -4,16 +4,14 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from ..base import feature_encoder as _encoder_of
+
 POOLS = ("cls", "mean")  # one token pooling (also the fine-tuned classifier's)
 # frozen features may also be "both" (cls and mean, concatenated) and "last4" (each of the last 4
 # blocks' outputs, layer-normalised without affine, patch tokens averaged, concatenated: intermediate
 # layers hold more of what a linear probe wants than a reconstruction-shaped last layer)
 FROZEN_POOLS = (*POOLS, "both", "last4")
 LAST_BLOCKS = 4
-
-
-def _encoder_of(model):
-    return getattr(model, "encoder", model)
 
 
 def has_cls_token(model) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..base import feature_encoder
 from ..ops import check_image_size, to_2tuple
 
 TIMM_CONFIG = "config.json"
@@ -34,12 +35,11 @@ _VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge
 
 
 def _encoder(model) -> nn.Module:
-    enc = getattr(model, "encoder", None)
-    if enc is None:
-        if hasattr(model, "patch_embed"):
-            return model  # an encoder itself
+    """The encoder to export: a mimkit model's ``feature_encoder()`` (iBOT's teacher with ``eval_teacher``)
+    or an encoder itself."""
+    if getattr(model, "encoder", None) is None and not hasattr(model, "patch_embed"):
         raise TypeError(f"{type(model).__name__} has no .encoder; pass a mimkit model or encoder")
-    return enc
+    return feature_encoder(model)
 
 
 def _layernorm_eps(module: nn.Module) -> dict[str, float]:

@@ -20,10 +20,14 @@ the same self-distillation runs on the class token across views.
   floats): the reference's epochs over its 800 for the ImageNet recipes (30 warm-up epochs -> 30/800). The
   prototype layers get no update in the first ``freeze_last_layer_fraction`` (their gradients are dropped
   before clipping and the optimiser step, as the reference's ``cancel_gradients_last_layer``).
+* **Clipping** (``clip_grad``, the reference's 3.0): each parameter's gradient norm clipped on its own, after
+  the freeze, as the reference's ``clip_gradients``; None leaves it to the engine's global-norm clip
+  (``trainer.gradient_clip_val``). The reference's weight decay 0.04 -> 0.4 on a cosine is the engine's
+  ``optim.weight_decay_end``.
+* **Evaluation**: ``eval_teacher=True`` makes the EMA teacher's encoder the one that evaluation, export and
+  the tools read (:meth:`feature_encoder`), as the reference evaluates the teacher; default the student.
 
-Differences from the reference: the engine's gradient clip (``trainer.gradient_clip_val``) is on the global
-norm, the reference clips each parameter's gradient to ``clip_grad``; the weight decay is constant (the
-reference's goes 0.04 -> 0.4 on a cosine); ``encoder`` is the student (the reference evaluates the teacher).
+Differences from the reference: under FSDP ``clip_grad`` clips each process's shard of a parameter.
 """
 from __future__ import annotations
 
@@ -86,6 +90,8 @@ class IBOT(MIMModel):
             warmup_teacher_temp_fraction, student_temp, center_momentum, lambda1, lambda2: the loss.
         momentum_teacher: the teacher's EMA momentum at the start (-> 1 on a cosine).
         freeze_last_layer_fraction: the share of the run during which the prototype layers do not train.
+        clip_grad: the largest gradient norm of each parameter (None: no per-parameter clip).
+        eval_teacher: evaluate and export the teacher's encoder instead of the student's.
 
     ``forward(images (N, C, H, W), views=None, noise=None, mask=None)`` -> ``MIMOutput`` with ``pred`` (M, K2),
     the student's logits at the M hidden patches, and ``mask`` (2N, L): the two global views' masks, view-major.
@@ -94,6 +100,9 @@ class IBOT(MIMModel):
 
     method = "ibot"
     frozen_parts = ("teacher", "teacher_head")
+    # the loss updates its centres in place in the forward (as the reference); a compiled backward would
+    # recompute the teacher's probabilities from the updated centre, so the training step stays eager
+    compile_training = False
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
@@ -107,8 +116,11 @@ class IBOT(MIMModel):
                  teacher_patch_temp: float = 0.07, warmup_teacher_patch_temp: float = 0.04,
                  warmup_teacher_temp_fraction: float = 30 / 800, student_temp: float = 0.1,
                  center_momentum: float = 0.9, lambda1: float = 1.0, lambda2: float = 1.0,
-                 momentum_teacher: float = 0.996, freeze_last_layer_fraction: float = 1 / 800):
+                 momentum_teacher: float = 0.996, freeze_last_layer_fraction: float = 1 / 800,
+                 clip_grad: float | None = None, eval_teacher: bool = False):
         super().__init__(img_size, patch_size, in_chans)
+        if clip_grad is not None and not float(clip_grad) > 0:
+            raise ValueError(f"clip_grad is the largest gradient norm of a parameter, > 0 (or None); got {clip_grad}")
         if int(local_size) % patch_size:
             raise ValueError(f"local_size {local_size} must be a multiple of the patch size {patch_size}")
         for name, value in (("pred_start_fraction", pred_start_fraction), ("freeze_last_layer_fraction",
@@ -134,6 +146,7 @@ class IBOT(MIMModel):
                       float(teacher_patch_temp), float(warmup_teacher_temp_fraction))
         self.pred_start, self.freeze_last = float(pred_start_fraction), float(freeze_last_layer_fraction)
         self.momentum_teacher = float(momentum_teacher)
+        self.clip_grad, self.eval_teacher = None if clip_grad is None else float(clip_grad), bool(eval_teacher)
         # set by on_train_step before every step (a tensor and a flag: no recompiling under torch.compile)
         self.register_buffer("teacher_temps", torch.tensor(self.teacher_temperatures(0, 1)), persistent=False)
         self.masking_on = self.pred_start <= 0
@@ -161,16 +174,24 @@ class IBOT(MIMModel):
                 warmup_temperature(step, total_steps, p0, p1, warm, start_fraction=self.pred_start))
 
     def before_optimizer_step(self, step: float, total_steps: float) -> None:
-        """Drop the prototype layers' gradients (no update, no weight decay) in the first part of the run."""
+        """Drop the prototype layers' gradients (no update, no weight decay) in the first part of the run,
+        then clip each parameter's gradient norm to ``clip_grad`` (the reference's ``clip_gradients``)."""
         if step < self.freeze_last * total_steps:
             for layer in self.head.last_layers():
                 for p in layer.parameters():
                     p.grad = None
+        if self.clip_grad is not None:
+            for p in self.parameters():
+                if p.grad is not None:  # scaled by clip / (norm + 1e-6) where that is below 1; no host sync
+                    p.grad.mul_((self.clip_grad / (p.grad.norm(2) + 1e-6)).clamp(max=1.0))
 
     def after_optimizer_step(self, step: float, total_steps: float) -> None:
         m = cosine_momentum(step, total_steps, self.momentum_teacher)
         self.teacher.update(self.encoder, m)
         self.teacher_head.update(self.head, m)
+
+    def feature_encoder(self) -> ViTEncoder:
+        return self.teacher.encoder if self.eval_teacher else self.encoder
 
     # ---- forward --------------------------------------------------------------------------------
     def view_masks(self, globals_: torch.Tensor, noise=None, mask=None) -> torch.Tensor:
@@ -218,6 +239,19 @@ class IBOT(MIMModel):
                  "teacher_entropy": out["teacher_entropy"], "teacher_temp": temps[0]}
         return MIMOutput(loss=out["loss"], pred=s_patch, mask=m.float(), extra=extra)
 
+    @torch.no_grad()
+    def patch_cross_entropy(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N, L): the loss's patch term at each patch ``mask`` (N, L) hides, NaN at the others -- the
+        cross-entropy between the teacher's centred, sharpened softmax on the unmasked ``images`` (at the
+        current patch temperature) and the student's softmax on the masked ones."""
+        mask = mask.bool()
+        head, t_head = self.head, self.teacher_head.encoder
+        t = t_head.patch_logits(t_head.project(self.teacher(images).last_hidden_state[:, 1:][mask]))
+        s = head.patch_logits(head.project(self.encoder(images, mask=mask).last_hidden_state[:, 1:][mask]))
+        t_prob = F.softmax((t - self.criterion.center2.reshape(1, -1)) / self.teacher_temps[1], dim=-1)
+        ce = -(t_prob * F.log_softmax(s / self.criterion.student_temp, dim=-1)).sum(-1)
+        return torch.full(mask.shape, float("nan"), device=ce.device).masked_scatter(mask, ce.float())
+
 
 register_builder("ibot", IBOT)
 
@@ -248,5 +282,16 @@ register_recipe(
     out_dim=2048, hidden_dim=512, bottleneck_dim=128, norm_last_layer=False, shared_head=True,
     local_crops_number=4, local_size=12, global_scale=(0.25, 1.0), local_scale=(0.05, 0.25), blur_sigma=(0.1, 1.0),
     pred_ratio=(0.0, 0.3), pred_ratio_var=(0.0, 0.2), warmup_teacher_temp_fraction=0.1,
+    freeze_last_layer_fraction=0.02,
+)
+register_recipe(
+    "ibot_vit_tiny_patch7_28", IBOT,
+    "iBOT on a tiny ViT for 28x28 grayscale on CPU, chosen on validation at a 6-minute budget "
+    "(benchmarks/sweeps/ibot_cpu.yaml): a 4x4 grid of 7-px patches (~3x fewer tokens than patch 4), 2 global "
+    "+ 4 local 14-px crops, 512 shared prototypes, teacher momentum 0.99",
+    img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=6, num_heads=4, drop_path_rate=0.0,
+    out_dim=512, hidden_dim=256, bottleneck_dim=128, norm_last_layer=False, shared_head=True,
+    local_crops_number=4, local_size=14, global_scale=(0.25, 1.0), local_scale=(0.05, 0.25), blur_sigma=(0.1, 1.0),
+    pred_ratio=(0.0, 0.3), pred_ratio_var=(0.0, 0.2), momentum_teacher=0.99, warmup_teacher_temp_fraction=0.1,
     freeze_last_layer_fraction=0.02,
 )

@@ -40,6 +40,7 @@ DEFAULTS: dict = {
         "lr_batch_base": 256,
         "min_lr": 0.0,
         "weight_decay": 0.05,
+        "weight_decay_end": None,  # a cosine from weight_decay to this over the run (iBOT: 0.04 -> 0.4); null: constant
         "betas": [0.9, 0.95],
         "warmup_epochs": 1.0,
         "fused": True,  # fused AdamW kernel (CPU and CUDA); null: CUDA only (runs configured before 0.2)
@@ -213,6 +214,10 @@ def validate(cfg: dict) -> dict:
     _num(cfg, "optim.lr_batch_base", float, 0, strict_low=True)
     for k in ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs"):
         _num(cfg, k, float, 0)
+    _num(cfg, "optim.weight_decay_end", float, 0, allow_none=True)
+    if o.get("weight_decay_end") is not None and not o["weight_decay"] > 0:
+        raise ValueError("optim.weight_decay_end schedules the weight decay of the parameters that have one: "
+                         "it needs optim.weight_decay > 0")
     _num(cfg, "trainer.gradient_clip_val", float, 0, allow_none=True, strict_low=True)
     betas = o.get("betas")
     if not (isinstance(betas, (list, tuple)) and len(betas) == 2

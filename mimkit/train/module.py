@@ -62,6 +62,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: set[str]
     return [{"params": skip, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def cosine_weight_decay(step: float, total: float, start: float, end: float) -> float:
+    """The weight decay at optimiser step ``step`` (0-based, may be fractional) of ``total``: ``start`` ->
+    ``end`` on a half-cosine over the whole run, no warm-up (``optim.weight_decay_end``; DINO's and iBOT's
+    ``cosine_scheduler(weight_decay, weight_decay_end, epochs, niter_per_ep)``), then ``end``."""
+    return end + (start - end) * warmup_cosine(step, 0, total)
+
+
 def skip_step_if(optimizer, bad: torch.Tensor) -> bool:
     """Make the coming ``optimizer.step()`` a no-op when the 0-dim tensor ``bad`` is nonzero, without
     reading it on the host (no device synchronisation). Returns False when the optimiser cannot do it
@@ -134,6 +141,8 @@ class MIMModule(BudgetAware, L.LightningModule):
         # read at every step: a budget run (trainer.max_minutes, mimkit.train.budget) fixes them once it
         # has timed its first steps
         self.total_steps, self.warmup_steps = total, warmup
+        # the groups with weight decay (optim.weight_decay_end schedules them before every step)
+        self._decay_groups = [i for i, g in enumerate(opt.param_groups) if g["weight_decay"] > 0]
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(*self.schedule_position(s), min_ratio=min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -234,6 +243,7 @@ class MIMModule(BudgetAware, L.LightningModule):
         if self._has_before_step_hook:  # the model's say on the gradients before clipping (iBOT's frozen prototypes)
             pos, _, total = self.schedule_position(self.global_step)
             self.model.before_optimizer_step(pos, total)
+        self.schedule_weight_decay(optimizer)
         self.raise_if_non_finite()
         losses, self._step_losses = self._step_losses, []
         if not losses:
@@ -257,6 +267,18 @@ class MIMModule(BudgetAware, L.LightningModule):
             ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
         if not ok:
             self._raise_non_finite(vals, self.global_step, self.current_epoch)
+
+    def schedule_weight_decay(self, optimizer) -> None:
+        """With ``optim.weight_decay_end``, set the weight decay of the groups that have one to
+        :func:`cosine_weight_decay` at this step (read from the step, as the learning rate: nothing to
+        checkpoint, exact on resume); without it the weight decay stays constant."""
+        end = self.optim_cfg.get("weight_decay_end")
+        if end is None or optimizer is None:
+            return
+        pos, _, total = self.schedule_position(self.global_step)
+        wd = cosine_weight_decay(pos, total, float(self.optim_cfg["weight_decay"]), float(end))
+        for i in self._decay_groups:
+            optimizer.param_groups[i]["weight_decay"] = wd
 
     _pending_check = None
 
@@ -315,13 +337,3 @@ class MIMModule(BudgetAware, L.LightningModule):
     def _forward(self, inputs: dict):
         compiled = getattr(self, "_compiled", None)
         return compiled(**inputs) if compiled is not None else self.model(**inputs)
-        state = torch.get_rng_state()
-        try:
-            return compiled(**inputs)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, same random draws
-            from .speed import compile_failed
-
-            compile_failed(e)
-            object.__setattr__(self, "_compiled", None)
-            torch.set_rng_state(state)
-            return self.model(**inputs)
