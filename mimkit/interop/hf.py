@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-_FAMILIES = ("hf_vitmae", "hf_simmim", "hf_beit", "hf_ijepa")
+_FAMILIES = ("hf_vitmae", "hf_simmim", "hf_beit", "hf_ijepa", "hf_vit")
 
 
 def _tables():
