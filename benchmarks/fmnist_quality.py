@@ -152,8 +152,12 @@ def keep_model(run_dir: Path, name: str, args) -> str:
     if dest.resolve() != run_dir.resolve():
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(run_dir / "model", dest / "model")
-        for f in ("schedule.json", "config.yaml"):  # config.yaml: what why_not_reused compares
-            shutil.copy2(run_dir / f, dest / f)
+        shutil.copy2(run_dir / "schedule.json", dest / "schedule.json")
+        import yaml  # config.yaml: what why_not_reused compares; its run.dir as committed files hold paths
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg["run"]["dir"] = rel(run_dir)
+        (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return rel(dest / "model")
 
 

@@ -39,7 +39,9 @@ TINY = {
 OTHER_SIZE = {"simmim_swin": (32, 48)}  # Swin: multiples of its stride (8); ViTs: any multiple of the patch
 METHODS = [m for m in TINY if m in list_builders()]
 # whole-model transformers classes (IJepaModel holds I-JEPA's encoder only: tests/test_teacher_methods.py)
-HF_METHODS = [m for m in METHODS if m in hf_interop._tables()[1] and m != "ijepa"]
+# I-JEPA and iBOT leave as their encoder only (IJepaModel, ViTModel): tests/test_teacher_methods.py,
+# tests/test_ibot_export.py
+HF_METHODS = [m for m in METHODS if m in hf_interop._tables()[1] and m not in ("ijepa", "ibot")]
 
 
 def tiny(method):
