@@ -39,6 +39,7 @@ def run_one(run: dict, work: Path, progress: bool, val_fraction: float) -> dict:
     from mimkit.eval.protocols import Settings, evaluate_row
     from mimkit.eval.splits import validation_split
     from mimkit.train import load_config, run_pretrain
+    from mimkit.train.budget import read_schedule
 
     run_dir = work / run["name"]
     cfg_file = ROOT / run["config"] if not Path(run["config"]).is_absolute() else Path(run["config"])
@@ -58,8 +59,11 @@ def run_one(run: dict, work: Path, progress: bool, val_fraction: float) -> dict:
     fit, val = validation_split(ytr, val_fraction, seed=0)
     ev = evaluate_row(ftr, ytr, fte, yte, fit_rows=fit, val_rows=val, num_classes=10,
                       s=Settings(protocols=("knn", "linear")))
+    sched = read_schedule(run_dir) or {}  # a budget run's steps and wall time; else the trainer's steps
+    steps = sched.get("total_steps") or cfg["trainer"].get("max_steps")
     res = {"name": run["name"], "config": run["config"], "overrides": run.get("overrides", []),
-           "minutes": run.get("minutes"), "pretrain_minutes": round(pretrain_s / 60, 2),
+           "minutes": run.get("minutes"), "pretrain_minutes": round(pretrain_s / 60, 2), "steps": steps,
+           "images_per_s": round(steps * int(cfg["data"]["batch_size"]) / pretrain_s, 1) if steps and steps > 0 else None,
            "feature_seconds": round(time.time() - t1, 1), "val_images": len(val)}
     for proto in ("knn", "linear"):  # chosen on validation; the test set read once with that choice
         r = ev["all"][proto]

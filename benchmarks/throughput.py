@@ -42,9 +42,14 @@ OWN_RECIPES = {  # the others, timed as mimkit only (no transformers class to co
     "simmim_swin": {"base": "simmim_swin_base_window6_192", "tiny": "simmim_swin_tiny_window4_32"},
     "ibot": {"base": "ibot_vit_base_patch16", "tiny": "ibot_vit_tiny_patch4_28"},
 }
-# models that opt out of a compiled training step (compile_training=False; mimkit pretrain runs them eagerly):
-# no compiled row
-EAGER_ONLY = {"ibot"}
+
+
+def compiles(method: str) -> bool:
+    """Whether the method's training step may be compiled: a model class that opts out
+    (``compile_training = False``, iBOT) is trained eagerly by ``mimkit pretrain`` and gets no compiled row."""
+    from mimkit.registry import recipe_info
+
+    return getattr(recipe_info(method)[0], "compile_training", True)
 
 
 def hf_model(method: str, size: str):
@@ -295,7 +300,7 @@ def main() -> int:
     results = []
     impls = args.impls.split(",")
     rows = [(m, mode) for m in args.methods.split(",") for mode in args.modes.split(",")
-            if mode != "compiled" or m not in EAGER_ONLY]
+            if mode != "compiled" or compiles(m)]
     runs = [(m, mode, impl, r) for m, mode in rows for r in range(repeats)
             for impl in (impls if r % 2 == 0 else impls[::-1]) if impl == "mimkit" or m in PEERS]
     for i, (method, mode, impl, rep) in enumerate(runs, 1):

@@ -117,8 +117,7 @@ class IBOTLoss(nn.Module):
         off = ~torch.eye(g, v, dtype=torch.bool, device=pairs.device)
         cls = (pairs * off).sum() / (g * v - min(g, v)) * self.lambda1
         # patches: the same view's teacher at the hidden patches, per image over its hidden count
-        tp_prob = F.softmax((t_patch - self.center2.reshape(1, -1)) / teacher_patch_temp, dim=-1)
-        ce = torch.sum(-tp_prob * F.log_softmax(s_patch / self.student_temp, dim=-1), dim=-1)
+        ce = self.patch_cross_entropy(s_patch, t_patch, teacher_patch_temp)
         per_token = torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device).masked_scatter(mask.bool(), ce)
         per_view = per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)
         patch = per_view.mean() * self.lambda2
@@ -127,6 +126,12 @@ class IBOTLoss(nn.Module):
         if update_center:
             self.update_center(t_cls, _full(teacher_patch_mean))
         return {"loss": cls + patch, "cls": cls, "patch": patch, "teacher_entropy": entropy}
+
+    def patch_cross_entropy(self, student_patch, teacher_patch, teacher_patch_temp) -> torch.Tensor:
+        """(M,) the patch term at each of M hidden patches: the teacher's centred, sharpened softmax
+        against the student's log-softmax."""
+        t_prob = F.softmax((teacher_patch - self.center2.reshape(1, -1)) / teacher_patch_temp, dim=-1)
+        return torch.sum(-t_prob * F.log_softmax(student_patch / self.student_temp, dim=-1), dim=-1)
 
     @torch.no_grad()
     @torch.compiler.disable  # an in-place buffer update and a collective, eagerly under torch.compile

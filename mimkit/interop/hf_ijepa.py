@@ -9,7 +9,15 @@ import torch
 
 from ..ops import sincos_pos_embed_2d, to_2tuple
 from ..registry import create
-from .keymap import copy_keys, embedding_keys, load_exact, norm_keys, normalize_hf_keys, vit_layer_keys
+from .keymap import (
+    copy_keys,
+    embedding_keys,
+    load_exact,
+    norm_keys,
+    normalize_hf_keys,
+    vit_encoder_config,
+    vit_layer_keys,
+)
 
 
 def _table(depth: int) -> list:
@@ -45,13 +53,7 @@ def ijepa_to_hf(model):
     from transformers import IJepaConfig, IJepaModel
 
     enc = model.encoder
-    if enc.img_size[0] != enc.img_size[1]:
-        raise ValueError("transformers IJepaModel needs a square image_size")
-    cfg = IJepaConfig(hidden_size=enc.embed_dim, num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
-                      intermediate_size=enc.blocks[0].mlp.fc1.out_features, image_size=enc.img_size[0],
-                      patch_size=enc.patch_size, num_channels=enc.in_chans, layer_norm_eps=enc.norm.eps,
-                      qkv_bias=True, hidden_act="gelu", architectures=["IJepaModel"])
-    hf = IJepaModel(cfg)
+    hf = IJepaModel(IJepaConfig(**vit_encoder_config(enc, "IJepaModel")))
     sd = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
     load_exact(hf, {k: v.clone() for k, v in copy_keys(sd, _table(enc.depth), {}, to_hf=True).items()},
                "mimkit I-JEPA -> IJepaModel")

@@ -10,7 +10,15 @@ from __future__ import annotations
 from ..base import feature_encoder
 from ..ops import to_2tuple
 from ..registry import create
-from .keymap import copy_keys, embedding_keys, load_exact, norm_keys, normalize_hf_keys, vit_layer_keys
+from .keymap import (
+    copy_keys,
+    embedding_keys,
+    load_exact,
+    norm_keys,
+    normalize_hf_keys,
+    vit_encoder_config,
+    vit_layer_keys,
+)
 
 
 def _table(depth: int) -> list:
@@ -42,13 +50,7 @@ def vit_to_hf(model):
     from transformers import ViTConfig, ViTModel
 
     enc = feature_encoder(model)
-    if enc.img_size[0] != enc.img_size[1]:
-        raise ValueError("transformers ViTModel needs a square image_size")
-    cfg = ViTConfig(hidden_size=enc.embed_dim, num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
-                    intermediate_size=enc.blocks[0].mlp.fc1.out_features, image_size=enc.img_size[0],
-                    patch_size=enc.patch_size, num_channels=enc.in_chans, layer_norm_eps=enc.norm.eps,
-                    qkv_bias=True, hidden_act="gelu", architectures=["ViTModel"])
-    hf = ViTModel(cfg, add_pooling_layer=False)
+    hf = ViTModel(ViTConfig(**vit_encoder_config(enc, "ViTModel")), add_pooling_layer=False)
     sd = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
     load_exact(hf, {k: v.clone() for k, v in copy_keys(sd, _table(enc.depth), {}, to_hf=True).items()},
                f"mimkit {model.method} -> ViTModel")

@@ -59,6 +59,17 @@ def vit_layer_keys(hf: str, timm: str) -> list:
     return table
 
 
+def vit_encoder_config(enc, architecture: str) -> dict:
+    """The ``transformers`` ViT-family config arguments (``ViTConfig``, ``IJepaConfig``) of a mimkit ViT
+    encoder: square images, GELU, q/k/v biases."""
+    if enc.img_size[0] != enc.img_size[1]:
+        raise ValueError(f"transformers {architecture} needs a square image_size")
+    return dict(hidden_size=enc.embed_dim, num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
+                intermediate_size=enc.blocks[0].mlp.fc1.out_features, image_size=enc.img_size[0],
+                patch_size=enc.patch_size, num_channels=enc.in_chans, layer_norm_eps=enc.norm.eps,
+                qkv_bias=True, hidden_act="gelu", architectures=[architecture])
+
+
 def copy_keys(sd: dict, table, out: dict, to_hf: bool) -> dict:
     """Copy the tensors named by a key table: mimkit -> transformers when ``to_hf``, else transformers
     -> mimkit. Entries whose source is absent (optional parts: a qkv bias, layer scale, a per-block

@@ -180,10 +180,10 @@ class IBOT(MIMModel):
             for layer in self.head.last_layers():
                 for p in layer.parameters():
                     p.grad = None
-        if self.clip_grad is not None:
-            for p in self.parameters():
-                if p.grad is not None:  # scaled by clip / (norm + 1e-6) where that is below 1; no host sync
-                    p.grad.mul_((self.clip_grad / (p.grad.norm(2) + 1e-6)).clamp(max=1.0))
+        grads = [p.grad for p in self.parameters() if p.grad is not None] if self.clip_grad is not None else []
+        if grads:  # each scaled by clip / (norm + 1e-6) where that is below 1; no host sync
+            scales = [(self.clip_grad / (n + 1e-6)).clamp(max=1.0) for n in torch._foreach_norm(grads)]
+            torch._foreach_mul_(grads, scales)
 
     def after_optimizer_step(self, step: float, total_steps: float) -> None:
         m = cosine_momentum(step, total_steps, self.momentum_teacher)
@@ -248,8 +248,7 @@ class IBOT(MIMModel):
         head, t_head = self.head, self.teacher_head.encoder
         t = t_head.patch_logits(t_head.project(self.teacher(images).last_hidden_state[:, 1:][mask]))
         s = head.patch_logits(head.project(self.encoder(images, mask=mask).last_hidden_state[:, 1:][mask]))
-        t_prob = F.softmax((t - self.criterion.center2.reshape(1, -1)) / self.teacher_temps[1], dim=-1)
-        ce = -(t_prob * F.log_softmax(s / self.criterion.student_temp, dim=-1)).sum(-1)
+        ce = self.criterion.patch_cross_entropy(s, t, self.teacher_temps[1])
         return torch.full(mask.shape, float("nan"), device=ce.device).masked_scatter(mask, ce.float())
 
 
