@@ -9,20 +9,11 @@ import torch
 
 from ..ops import sincos_pos_embed_2d, to_2tuple
 from ..registry import create
-from .keymap import (
-    copy_keys,
-    embedding_keys,
-    load_exact,
-    norm_keys,
-    normalize_hf_keys,
-    vit_encoder_config,
-    vit_layer_keys,
-)
+from .keymap import copy_keys, load_exact, normalize_hf_keys, vit_encoder_config, vit_encoder_keys
 
 
 def _table(depth: int) -> list:
-    return (embedding_keys("embeddings", ("pos_embed", "patch_embed")) + norm_keys("encoder.norm", "layernorm")
-            + [k for i in range(depth) for k in vit_layer_keys(f"layers.{i}", f"encoder.blocks.{i}")])
+    return vit_encoder_keys(depth, cls_token=False)
 
 
 def ijepa_from_hf(hf):

@@ -10,20 +10,11 @@ from __future__ import annotations
 from ..base import feature_encoder
 from ..ops import to_2tuple
 from ..registry import create
-from .keymap import (
-    copy_keys,
-    embedding_keys,
-    load_exact,
-    norm_keys,
-    normalize_hf_keys,
-    vit_encoder_config,
-    vit_layer_keys,
-)
+from .keymap import copy_keys, load_exact, normalize_hf_keys, vit_encoder_config, vit_encoder_keys
 
 
 def _table(depth: int) -> list:
-    return (embedding_keys("embeddings", ("cls_token", "pos_embed", "patch_embed")) + norm_keys("encoder.norm", "layernorm")
-            + [k for i in range(depth) for k in vit_layer_keys(f"layers.{i}", f"encoder.blocks.{i}")])
+    return vit_encoder_keys(depth, cls_token=True)
 
 
 def vit_from_hf(hf, method: str = "ibot", **overrides):

@@ -59,6 +59,14 @@ def vit_layer_keys(hf: str, timm: str) -> list:
     return table
 
 
+def vit_encoder_keys(depth: int, cls_token: bool = True) -> list:
+    """A bare ``transformers`` ViT-family encoder (``ViTModel``, ``IJepaModel``: embeddings, layers, final
+    ``layernorm``) <-> a mimkit ViT encoder's keys."""
+    names = ("cls_token",) * bool(cls_token) + ("pos_embed", "patch_embed")
+    return (embedding_keys("embeddings", names) + norm_keys("encoder.norm", "layernorm")
+            + [k for i in range(depth) for k in vit_layer_keys(f"layers.{i}", f"encoder.blocks.{i}")])
+
+
 def vit_encoder_config(enc, architecture: str) -> dict:
     """The ``transformers`` ViT-family config arguments (``ViTConfig``, ``IJepaConfig``) of a mimkit ViT
     encoder: square images, GELU, q/k/v biases."""
