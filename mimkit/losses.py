@@ -4,6 +4,8 @@ receive the hidden positions already selected by the method. :class:`IBOTLoss` i
 self-distillation (class token across views, hidden patches within a view) with its centres."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +64,39 @@ def warmup_temperature(step: float, total_steps: float, start: float, end: float
     return float(start + (end - start) * (step - begin) / span)
 
 
+def _logsumexp_over_rows(x: torch.Tensor, dist: bool) -> torch.Tensor:
+    """(1, K) log of the column sums of ``exp(x)`` (R, K) over the rows of every process."""
+    if not dist:
+        return torch.logsumexp(x, dim=0, keepdim=True)
+    top = x.amax(dim=0, keepdim=True)
+    torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    total = torch.exp(x - top).sum(dim=0, keepdim=True)
+    torch.distributed.all_reduce(total)
+    return top + total.log()
+
+
+@torch.no_grad()
+@torch.compiler.disable  # collectives, eagerly under torch.compile
+def sinkhorn_knopp(logits: torch.Tensor, temp, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's ``sinkhorn_knopp_teacher``: ``exp(logits / temp)`` (R, K) normalised ``iterations`` times to
+    equal mass per prototype (columns) and per row, over the rows of every process when ``torch.distributed``
+    is initialised; returns (R, K) rows that sum to 1. Computed on logarithms (the same numbers
+    where DINOv2's exponentials neither overflow nor vanish, and closer to exact: a few 1e-7 in float32 where
+    DINOv2's float32 arithmetic is 1e-4 off), in at least float32, returned in the logits' dtype."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temp
+    if x.shape[0] == 0:
+        return x.to(logits.dtype)
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    k = x.shape[1]
+    # the first normalisation (by the total) is a constant shift that the per-prototype one removes
+    for _ in range(int(iterations)):
+        x = x - _logsumexp_over_rows(x, dist) - math.log(k)  # each prototype: mass 1 / K
+        x = x - torch.logsumexp(x, dim=1, keepdim=True)  # each row: mass 1 (DINOv2's 1 / B, times B)
+    if int(iterations) < 1:
+        x = x - torch.logsumexp(x, dim=1, keepdim=True)
+    return torch.exp(x).to(logits.dtype)
+
+
 class IBOTLoss(nn.Module):
     """iBOT's loss (bytedance/ibot ``main_ibot.py``, ``iBOTLoss``) with its two centres as buffers.
 
@@ -87,12 +122,21 @@ class IBOTLoss(nn.Module):
 
     Returns ``{"loss", "cls", "patch", "teacher_entropy"}`` (the last detached: the entropy of the
     teacher's class-token distribution, a collapse gauge).
+
+    ``centering="sinkhorn"`` replaces the centres by DINOv2's Sinkhorn-Knopp teacher
+    (``sinkhorn_knopp_teacher`` in facebookresearch/dinov2 ``dino_clstoken_loss.py``): the teacher's
+    sharpened scores of the batch's class tokens (all global views together), and of its hidden patches,
+    are normalised ``sinkhorn_iterations`` times to equal mass per prototype and per row -- a teacher that
+    cannot give every image the same flat distribution. The centres are then neither used nor updated.
     """
 
     def __init__(self, out_dim: int, patch_out_dim: int | None = None, student_temp: float = 0.1,
                  center_momentum: float = 0.9, center_momentum2: float = 0.9, lambda1: float = 1.0,
-                 lambda2: float = 1.0):
+                 lambda2: float = 1.0, centering: str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"centering must be 'ema' (iBOT's centres) or 'sinkhorn' (DINOv2), got {centering!r}")
+        self.centering, self.sinkhorn_iterations = centering, int(sinkhorn_iterations)
         self.student_temp = float(student_temp)
         self.center_momentum, self.center_momentum2 = float(center_momentum), float(center_momentum2)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
@@ -111,7 +155,7 @@ class IBOTLoss(nn.Module):
             raise ValueError(f"iBOT's loss needs G*B teacher rows, V*B student rows (V >= 2) and G*B mask rows; got "
                              f"{t_cls.shape[0]}, {s_cls.shape[0]}, {mask.shape[0]} with G={g}")
         # class token: every teacher global view q against every student view v != q
-        t_prob = F.softmax((t_cls - self.center) / teacher_temp, dim=-1)
+        t_prob = self.teacher_probs(t_cls, self.center, teacher_temp)
         s_logp = F.log_softmax(s_cls / self.student_temp, dim=-1)
         pairs = -torch.einsum("qbk,vbk->qv", t_prob.reshape(g, b, -1), s_logp.reshape(v, b, -1)) / b
         off = ~torch.eye(g, v, dtype=torch.bool, device=pairs.device)
@@ -123,14 +167,21 @@ class IBOTLoss(nn.Module):
         patch = per_view.mean() * self.lambda2
         with torch.no_grad():
             entropy = -(t_prob * torch.log(t_prob.clamp_min(1e-30))).sum(-1).mean()
-        if update_center:
+        if update_center and self.centering == "ema":
             self.update_center(t_cls, _full(teacher_patch_mean))
         return {"loss": cls + patch, "cls": cls, "patch": patch, "teacher_entropy": entropy}
+
+    def teacher_probs(self, logits: torch.Tensor, center: torch.Tensor, temp) -> torch.Tensor:
+        """The teacher's target distributions of ``logits`` (R, K): centred, sharpened softmax, or the
+        Sinkhorn-Knopp normalisation of the sharpened scores over the R rows."""
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(logits, temp, self.sinkhorn_iterations)
+        return F.softmax((logits - center.reshape(1, -1)) / temp, dim=-1)
 
     def patch_cross_entropy(self, student_patch, teacher_patch, teacher_patch_temp) -> torch.Tensor:
         """(M,) the patch term at each of M hidden patches: the teacher's centred, sharpened softmax
         against the student's log-softmax."""
-        t_prob = F.softmax((teacher_patch - self.center2.reshape(1, -1)) / teacher_patch_temp, dim=-1)
+        t_prob = self.teacher_probs(teacher_patch, self.center2, teacher_patch_temp)
         return torch.sum(-t_prob * F.log_softmax(student_patch / self.student_temp, dim=-1), dim=-1)
 
     @torch.no_grad()

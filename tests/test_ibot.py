@@ -241,6 +241,51 @@ def test_loss_and_new_centres_equal_the_reference(dtype, tol):
     assert (s_cls.grad - want_grads[0]).abs().max() < tol and (s_patch.grad - want_grads[1]).abs().max() < tol
 
 
+def _dinov2_sinkhorn_knopp_teacher(teacher_output, teacher_temp, n_iterations=3):
+    """A transcription of DINOv2's ``DINOLoss.sinkhorn_knopp_teacher`` on one process, in float64 (the
+    reference's float32 arithmetic is itself ~1e-4 from exact on sharp scores)."""
+    Q = torch.exp(teacher_output.double() / teacher_temp).t()
+    B, K = Q.shape[1], Q.shape[0]
+    Q /= torch.sum(Q)
+    for _ in range(n_iterations):
+        Q /= torch.sum(Q, dim=1, keepdim=True)
+        Q /= K
+        Q /= torch.sum(Q, dim=0, keepdim=True)
+        Q /= B
+    Q *= B
+    return Q.t()
+
+
+def test_sinkhorn_teacher_equals_dinov2_and_balances_prototypes():
+    from mimkit.losses import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 32, generator=g) * 0.3 + torch.randn(1, 32, generator=g)  # a shared bias, as a collapse
+    got, want = sinkhorn_knopp(logits, 0.04), _dinov2_sinkhorn_knopp_teacher(logits, 0.04)
+    assert got.dtype == torch.float32 and (got.double() - want).abs().max() < 1e-6
+    assert (sinkhorn_knopp(logits.double(), 0.04) - want).abs().max() < 1e-12
+    assert torch.allclose(got.sum(1), torch.ones(64), atol=1e-5)
+    # the shared bias that a softmax keeps (most rows on the same few prototypes) is gone: every prototype
+    # gets a similar share of the batch, and each row stays sharp
+    soft = F.softmax(logits / 0.04, dim=-1)
+    assert soft.sum(0).max() > 10 and got.sum(0).max() < 4
+    assert sinkhorn_knopp(logits[:0], 0.04).shape == (0, 32)
+    # the loss with sinkhorn centring: no centre is read or moved, the teacher rows are the normalised ones
+    B, K, K2, G = 4, 48, 40, 2
+    student, teacher, local, masks = _loss_inputs(torch.float64)
+    loss = IBOTLoss(K, K2, centering="sinkhorn")
+    m = torch.cat([mk.flatten(1) for mk in masks])
+    out = loss(torch.cat([student[0], local]), student[1][m], teacher[0], teacher[1][m], teacher[1].mean(1), m,
+               0.05, 0.065, num_global=G)
+    assert float(out["loss"]) > 0 and loss.center.abs().max() == 0 and loss.center2.abs().max() == 0
+    t = sinkhorn_knopp(teacher[0], 0.05).double().reshape(G, B, -1)
+    s_all = F.log_softmax(torch.cat([student[0], local]) / 0.1, -1).reshape(-1, B, K)
+    pairs = [-(t[q] * s_all[v]).sum(-1).mean() for q in range(G) for v in range(len(s_all)) if v != q]
+    assert abs(float(out["cls"]) - float(sum(pairs) / len(pairs))) < 1e-6
+    with pytest.raises(ValueError, match="centering must be"):
+        IBOTLoss(K, K2, centering="nope")
+
+
 def test_schedules_accept_float_steps():
     # teacher temperature: 0.04 -> 0.07 linearly over the first 10% of the run, after a 20% start for the patches
     assert warmup_temperature(0, 1000, 0.04, 0.07, 0.1) == 0.04

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mimkit.eval import protocols
-from mimkit.eval.protocols import Settings, choose, evaluate_row, raw_vectors, summarise
+from mimkit.eval.protocols import Settings, choose, compare, evaluate_row, raw_vectors, summarise
 from mimkit.eval.splits import class_counts, scarce_subsets, stratified_folds, validation_split
 from mimkit.eval.stats import accuracy_interval, draws_difference, paired_difference, verdict
 
@@ -164,6 +164,14 @@ def test_summary_rows_carry_intervals_verdicts_and_label_counts():
     knn = next(r for r in rows if r["encoder"] == "enc" and r["protocol"] == "knn" and r["labels_per_class"] is None)
     # the encoder's vector is noise on test, raw pixels' separate the classes there: clearly worse
     assert knn["vs_raw"]["verdict"] == "worse" and knn["vs_raw"]["hi"] < 0
+    # any two rows compared with each other (mimkit report's `pairs`): the same numbers, from either side
+    pair = compare({"raw_pixels": raw, "enc": enc}, "raw_pixels", "enc", resamples=200)
+    assert {(c["protocol"], c["labels_per_class"]) for c in pair} == {(p, n) for p in ("knn", "logreg") for n in (None, 10)}
+    k = next(c for c in pair if c["protocol"] == "knn" and c["labels_per_class"] is None)
+    assert k["verdict"] == "better" and k["diff"] == pytest.approx(-knn["vs_raw"]["diff"])
+    assert k["lo"] == pytest.approx(-knn["vs_raw"]["hi"]) and k["hi"] == pytest.approx(-knn["vs_raw"]["lo"])
+    with pytest.raises(ValueError, match="no row 'nope'"):
+        compare({"raw_pixels": raw, "enc": enc}, "nope", "enc")
 
 
 def test_choose_without_folds_takes_the_first_setting():

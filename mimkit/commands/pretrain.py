@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("--minutes", type=float, help="a wall-clock budget that is a whole schedule (trainer.max_minutes): "
                                                   "the run times its first steps, then fixes warm-up + cosine to end at it")
+    p.add_argument("--init", metavar="SPEC", help="start the encoder from a model trained elsewhere (run.init): a mimkit "
+                                                  "run or model file, hf:DIR (transformers) or timm:DIR; positions, "
+                                                  "patch size and channels adapted (mimkit.train.init)")
     add_trust_flag(p)
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=run)
@@ -32,6 +35,11 @@ def run(args) -> int:
     overrides = list(args.overrides or [])
     if args.minutes is not None:
         overrides.append(f"trainer.max_minutes={args.minutes}")
+    if args.init:
+        if args.resume:
+            raise ValueError("--init starts a new run from another model's encoder; --resume continues a run "
+                             "from its own checkpoint: use one of them")
+        overrides.append(f"run.init={args.init}")
     if args.resume:
         cfg = config_from_checkpoint(args.resume, overrides)
     else:

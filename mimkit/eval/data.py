@@ -6,40 +6,10 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT_HELP = ("mimkit model: run directory, model directory, .safetensors or Lightning .ckpt; "
-                   "hf:DIR = a transformers save_pretrained directory (converted with from_hf); "
-                   "timm:DIR = a directory written by `mimkit export --format timm`; "
-                   "recipe:NAME = a randomly initialised recipe (a baseline)")
+from ..interop.spec import CHECKPOINT_HELP, load_model_spec  # noqa: F401  (re-exported: the commands read them here)
+
 DATA_HELP = ("fashion_mnist (the real 60k/10k split) or an ImageFolder directory with train/ and test/ "
              "(or val/) sub-folders, one folder per class inside each")
-
-
-def load_model_spec(spec: str, trust_checkpoint: bool = False, **overrides):
-    """Model from a checkpoint spec (see ``CHECKPOINT_HELP``). Pickled files (``.ckpt``, a transformers
-    ``pytorch_model.bin``) are read safely; ``trust_checkpoint=True`` unpickles them fully."""
-    from ..files import is_trusted, trusted_checkpoints
-
-    if trust_checkpoint and not is_trusted():
-        with trusted_checkpoints():
-            return load_model_spec(spec, **overrides)
-    spec = str(spec)
-    if spec.startswith("hf:"):
-        from ..interop.hf import from_hf
-
-        return from_hf(spec[3:]).eval()
-    if spec.startswith("timm:"):
-        from ..interop import timm as timm_interop
-
-        if not hasattr(timm_interop, "import_timm_dir"):
-            raise ValueError("this mimkit has no timm import (mimkit.interop.timm.import_timm_dir)")
-        return timm_interop.import_timm_dir(spec[5:], **overrides).eval()
-    if spec.startswith("recipe:"):
-        from ..registry import create
-
-        return create(spec[7:], **overrides).eval()
-    from ..checkpoint import load_model
-
-    return load_model(spec, **overrides)
 
 
 def model_input(model) -> tuple[int, int]:

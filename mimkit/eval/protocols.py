@@ -222,6 +222,27 @@ def crossover(points: dict, baseline: float, key: str = "acc") -> float | None:
     return None
 
 
+def compare(results: dict, a: str, b: str, resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """Row ``a`` against row ``b`` of {row name: :func:`evaluate_row` output}, per protocol and label budget
+    both have: the difference with its paired interval (all labels: bootstrap over the test images; N per
+    class: t interval over the same draws) and its verdict."""
+    from .stats import draws_difference, paired_difference
+
+    for name in (a, b):
+        if name not in results:
+            raise ValueError(f"no row {name!r} to compare; the rows are {list(results)}")
+    ra, rb = results[a], results[b]
+    out = [{"a": a, "b": b, "protocol": p, "labels_per_class": None,
+            **paired_difference(r["correct"], rb["all"][p]["correct"], resamples, seed)}
+           for p, r in ra["all"].items() if p in rb["all"]]
+    for n, per in ra["scarce"].items():
+        for p, draws in per.items():
+            if p in rb["scarce"].get(n, {}):
+                out.append({"a": a, "b": b, "protocol": p, "labels_per_class": int(n),
+                            **draws_difference([d["acc"] for d in draws], [d["acc"] for d in rb["scarce"][n][p]])})
+    return out
+
+
 def summarise(results: dict, baseline: str = "raw_pixels", resamples: int = 1000, seed: int = 0) -> list[dict]:
     """Report rows from {row name: :func:`evaluate_row` output}: per row, protocol and label budget the
     test accuracy with its 95% interval, what was chosen and on how many labels, and the difference to

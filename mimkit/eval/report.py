@@ -26,7 +26,7 @@ import torch
 
 from . import render
 from .folders import FMNIST_NAMES, ReportData, load_report_data, say  # noqa: F401  (re-exported)
-from .protocols import PROTOCOL_NAMES, Settings, evaluate_row, raw_vectors, summarise
+from .protocols import PROTOCOL_NAMES, Settings, compare, evaluate_row, raw_vectors, summarise
 from .render import RANDOM, RAW, accuracy, find, report_table, verdict_table  # noqa: F401  (re-exported)
 
 DEFAULT_LABELS_PER_CLASS = (10, 100)
@@ -43,6 +43,7 @@ class ReportConfig:
     settings: Settings = field(default_factory=Settings)
     val_fraction: float | None = None  # None: a sixth of every class, at most 10k images in all
     finetune_minutes: float | None = None
+    pairs: list | None = None  # [(row a, row b), ...]: also compare these rows with each other (paired intervals)
     pretrain_minutes: object = None  # a number, or one per checkpoint (default: read from the run directory)
     finetune_batch_size: int = 128
     test_fraction: float = 0.2
@@ -274,10 +275,11 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
                           "feature_dims": {k: int(v.shape[1]) for k, v in vectors[name][0].items()},
                           "pretrain_minutes": None if spec is None else pre[names.index(name)]}
     rows = summarise(results, RAW, cfg.resamples, cfg.seed)
+    pairs = [c for a, b in (cfg.pairs or []) for c in compare(results, a, b, cfg.resamples, cfg.seed)]
     ft = _finetune_rows(cfg, rd, names, models, init, pre, subsets, rows, clock, notes) if cfg.finetune_minutes else None
     report = {"rows": rows, "data": info, "splits": splits, "encoders": encoders, "labels_per_class": sizes,
               "seed": cfg.seed, "pool": cfg.pool, "draws": cfg.draws, "resamples": cfg.resamples,
-              "settings": asdict(s), "notes": list(dict.fromkeys(notes)), "finetune": ft,
+              "settings": asdict(s), "notes": list(dict.fromkeys(notes)), "finetune": ft, "pairs": pairs,
               "protocols": _protocol_text(s, cfg, len(val), ft),
               "device": str(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")),
               "threads": torch.get_num_threads(), "wall_seconds": clock.walls}

@@ -92,6 +92,7 @@ class IBOT(MIMModel):
         freeze_last_layer_fraction: the share of the run during which the prototype layers do not train.
         clip_grad: the largest gradient norm of each parameter (None: no per-parameter clip).
         eval_teacher: evaluate and export the teacher's encoder instead of the student's.
+        centering: ``"ema"`` (the reference's centres) or ``"sinkhorn"`` (DINOv2's Sinkhorn-Knopp teacher).
 
     ``forward(images (N, C, H, W), views=None, noise=None, mask=None)`` -> ``MIMOutput`` with ``pred`` (M, K2),
     the student's logits at the M hidden patches, and ``mask`` (2N, L): the two global views' masks, view-major.
@@ -117,7 +118,7 @@ class IBOT(MIMModel):
                  warmup_teacher_temp_fraction: float = 30 / 800, student_temp: float = 0.1,
                  center_momentum: float = 0.9, lambda1: float = 1.0, lambda2: float = 1.0,
                  momentum_teacher: float = 0.996, freeze_last_layer_fraction: float = 1 / 800,
-                 clip_grad: float | None = None, eval_teacher: bool = False):
+                 clip_grad: float | None = None, eval_teacher: bool = False, centering: str = "ema"):
         super().__init__(img_size, patch_size, in_chans)
         if clip_grad is not None and not float(clip_grad) > 0:
             raise ValueError(f"clip_grad is the largest gradient norm of a parameter, > 0 (or None); got {clip_grad}")
@@ -135,7 +136,7 @@ class IBOT(MIMModel):
                              norm_last_layer, shared_head)
         self.teacher, self.teacher_head = EMATeacher(self.encoder), EMATeacher(self.head)
         self.criterion = IBOTLoss(out_dim, self.head.patch_out_dim, student_temp, center_momentum, center_momentum,
-                                  lambda1, lambda2)
+                                  lambda1, lambda2, centering=centering)
         self.masking = IBOTMasking(pred_ratio, pred_ratio_var, shape=pred_shape)
         top = max(self.masking.pred_ratio)  # a caller's noise hides the largest mean ratio's share
         self.noise_masking = RandomMasking(top, rounding="round") if 0 < top < 1 else None

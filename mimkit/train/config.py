@@ -76,6 +76,7 @@ DEFAULTS: dict = {
         "recon_every_n_epochs": 1,
         "recon_images": 8,
         "checkpoint_monitor": "step",  # which periodic checkpoints to keep: the newest (step) or best (val/loss)
+        "init": None,  # start the encoder from this model (mimkit run/file, hf:DIR, timm:DIR; mimkit.train.init)
         "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit pretrain` then writes `mimkit report` of the model into <run>/report
         "report_limit": None,  # the report reads only N training and N test images (a quick look; None: all)
         "report_protocols": None,  # frozen protocols of the report (default all: knn, linear, logreg)

@@ -403,6 +403,12 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     module = MIMModule({"recipe": recipe, **kw}, cfg["optim"], int(d["batch_size"]), seed=seed)
     module.tune_cpu_malloc = bool(cfg["trainer"].get("tune_cpu_malloc", True))
     _check_compat(module.model, d)
+    if cfg["run"].get("init") and resume is None:  # a resumed run's weights are in its checkpoint
+        from .init import init_encoder
+
+        done = init_encoder(module.model, cfg["run"]["init"], trust_checkpoint)
+        print(f"mimkit: encoder initialised from {done['source']}"
+              + (f" (resampled: {', '.join(done['resized'])})" if done["resized"] else ""), flush=True)
     strategy = build_strategy(cfg, module.model)
     train_ds, collate_fn = training_data(d, module, seed)
     val_ds = validation_data(d, seed)
