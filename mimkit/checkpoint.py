@@ -114,12 +114,29 @@ def build_and_load(cfg: dict, sd: dict, source, img_size=None, overrides=None):
     return model.eval()
 
 
+def resize_position_tensor(key: str, value, want, trainable: bool | None,
+                           old_grid, new_grid):
+    """``value`` (saved under ``key`` for a model on ``old_grid`` patches) for a model on ``new_grid`` that
+    expects ``want``: fixed (non-trainable) sin-cos embeddings take ``want`` (the model's recomputed table),
+    learned absolute embeddings are resized bicubically on the 2-D grid, relative position bias tables
+    bilinearly, derived buffers take ``want``. None when ``key`` is no position tensor."""
+    from .ops import resize_pos_embed, resize_rel_pos_table
+
+    if key.endswith("pos_embed") and value.ndim == 3:
+        if trainable is False:
+            return want
+        return resize_pos_embed(value, old_grid, new_grid, num_prefix=value.shape[1] - old_grid[0] * old_grid[1])
+    if key.endswith("relative_position_bias_table"):
+        return resize_rel_pos_table(value, old_grid, new_grid)
+    if key.endswith(("relative_position_index", "attn_mask")):
+        return want
+    return None
+
+
 def resize_state_dict(sd: dict, model, old_img_size, patch_size) -> dict:
-    """Adapt position tensors of ``sd`` (saved for ``old_img_size``) to ``model`` built at another size:
-    fixed (non-trainable) sin-cos embeddings take the model's recomputed value, learned absolute
-    embeddings are resized bicubically on the 2-D grid, relative position bias tables bilinearly.
-    Other shape mismatches are an error."""
-    from .ops import resize_pos_embed, resize_rel_pos_table, to_2tuple
+    """Adapt position tensors of ``sd`` (saved for ``old_img_size``) to ``model`` built at another size
+    (:func:`resize_position_tensor`). Other shape mismatches are an error."""
+    from .ops import to_2tuple
 
     own = model.state_dict()
     params = dict(model.named_parameters())
@@ -134,17 +151,9 @@ def resize_state_dict(sd: dict, model, old_img_size, patch_size) -> dict:
         old = to_2tuple(old_img_size)
         old_grid = (old[0] // patch_size, old[1] // patch_size)
         new_grid = (new_size[0] // patch_size, new_size[1] // patch_size)
-        if k.endswith("pos_embed") and v.ndim == 3:
-            p = params.get(k)
-            if p is not None and not p.requires_grad:  # fixed sin-cos: recomputed by the constructor
-                out[k] = own[k]
-            else:
-                out[k] = resize_pos_embed(v, old_grid, new_grid, num_prefix=v.shape[1] - old_grid[0] * old_grid[1])
-        elif k.endswith("relative_position_bias_table"):
-            out[k] = resize_rel_pos_table(v, old_grid, new_grid)
-        elif k.endswith(("relative_position_index", "attn_mask")):
-            out[k] = own[k]  # derived buffers
-        else:
+        p = params.get(k)
+        out[k] = resize_position_tensor(k, v, own[k], None if p is None else p.requires_grad, old_grid, new_grid)
+        if out[k] is None:
             raise ValueError(f"{k}: saved shape {tuple(v.shape)} cannot be adapted to {tuple(own[k].shape)}")
         if out[k].shape != own[k].shape:
             raise ValueError(f"{k}: resized to {tuple(out[k].shape)} but the model expects {tuple(own[k].shape)}")

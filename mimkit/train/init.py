@@ -1,13 +1,14 @@
 """Start pretraining from an encoder trained elsewhere (``mimkit pretrain --init SPEC``, ``run.init``).
 
-``SPEC`` is anything ``mimkit eval`` loads (:func:`mimkit.eval.data.load_model_spec`): a mimkit run, model
+``SPEC`` is anything ``mimkit eval`` loads (:func:`mimkit.interop.spec.load_model_spec`): a mimkit run, model
 directory, ``.safetensors`` or ``.ckpt`` (read with ``weights_only``), ``hf:DIR`` (a ``transformers``
 model), ``timm:DIR`` or ``recipe:NAME``. Its evaluated encoder (a teacher where the method evaluates
 one) is copied into the new model's student encoder, adapted where the two differ only in what an image
 size, a patch size or a channel count changes:
 
-* absolute position embeddings: learned ones resampled bicubically on the 2-D grid (timm's
-  ``resample_abs_pos_embed``); fixed sin-cos ones keep the new model's own values;
+* positions, as ``mimkit.load(img_size=...)`` resizes them (:func:`mimkit.checkpoint.resize_position_tensor`):
+  learned ones resampled bicubically on the 2-D grid, fixed sin-cos ones the new model's own, BEiT's relative
+  tables bilinearly;
 * the patch embedding: resampled to another patch size (timm's ``resample_patch_embed``, FlexiViT's
   pseudo-inverse) and adapted to another channel count (timm's ``adapt_input_conv``: RGB summed to gray,
   gray repeated to RGB);
@@ -35,10 +36,10 @@ def _grid(encoder) -> tuple[int, int]:
 def adapt_encoder_state(src_sd: dict, target: torch.nn.Module, src_grid, source: str) -> dict:
     """``src_sd`` (a source encoder's state dict) made loadable into ``target`` (a mimkit encoder): see the
     module docstring. Raises ValueError with one line naming the first mismatches."""
-    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+    from timm.layers import resample_patch_embed
     from timm.models import adapt_input_conv
 
-    from ..ops import resize_rel_pos_table
+    from ..checkpoint import resize_position_tensor
 
     own = target.state_dict()
     params = dict(target.named_parameters())
@@ -51,32 +52,19 @@ def adapt_encoder_state(src_sd: dict, target: torch.nn.Module, src_grid, source:
     out, bad = {}, []
     new_grid = _grid(target)
     for k, want in own.items():
-        if k not in src_sd:
-            out[k] = want
+        v = src_sd.get(k)
+        if v is None or v.shape == want.shape:
+            out[k] = want if v is None else v
             continue
-        v = src_sd[k]
-        if v.shape == want.shape:
-            out[k] = v
-        elif k.endswith("pos_embed") and v.ndim == 3:
-            p = params.get(k)
-            if p is not None and not p.requires_grad:  # fixed sin-cos: the new grid's own table
-                out[k] = want
-            elif src_grid is None or new_grid is None:
-                bad.append(k)
-            else:
-                prefix = v.shape[1] - src_grid[0] * src_grid[1]
-                out[k] = resample_abs_pos_embed(v, list(new_grid), list(src_grid), num_prefix_tokens=prefix,
-                                                antialias=False)
-        elif k.endswith("patch_embed.proj.weight") and v.ndim == 4 and v.shape[0] == want.shape[0]:
+        if k.endswith("patch_embed.proj.weight") and v.ndim == 4 and v.shape[0] == want.shape[0]:
             w = v if v.shape[-2:] == want.shape[-2:] else resample_patch_embed(v, list(want.shape[-2:]))
             out[k] = adapt_input_conv(want.shape[1], w) if w.shape[1] != want.shape[1] else w
-        elif k.endswith("relative_position_bias_table") and src_grid is not None and new_grid is not None:
-            out[k] = resize_rel_pos_table(v, src_grid, new_grid)
-        elif k.endswith(("relative_position_index", "attn_mask")):
-            out[k] = want  # derived buffers
-        else:
-            bad.append(k)
-        if k in out and out[k].shape != want.shape:
+        elif src_grid is not None and new_grid is not None:  # positions: the loader's own resizing
+            p = params.get(k)
+            r = resize_position_tensor(k, v, want, None if p is None else p.requires_grad, src_grid, new_grid)
+            if r is not None:
+                out[k] = r
+        if k not in out or out[k].shape != want.shape:
             bad.append(k)
     if bad:
         shapes = ", ".join(f"{k} {tuple(src_sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:3])
