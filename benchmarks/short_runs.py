@@ -24,8 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _metrics(csv_path: Path) -> dict:
-    rows = list(csv.DictReader(open(csv_path)))
+def _metrics(rows: list[dict]) -> dict:
     out = {}
     for key in rows[0] if rows else []:
         if not key.startswith("train/") or key.endswith(("lr", "images_per_s")):
@@ -56,9 +55,10 @@ def run_one(run: dict, work: Path, val_fraction: float) -> dict:
         t0 = time.time()
         run_pretrain(cfg)
         res["pretrain_min"] = round((time.time() - t0) / 60, 2)
-        rows = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+        with open(run_dir / "logs" / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
         res["steps"] = int(rows[-1]["step"]) if rows else 0
-        res["train"] = _metrics(run_dir / "logs" / "metrics.csv")
+        res["train"] = _metrics(rows)
         model = mimkit.load(run_dir / "model")
     else:
         recipe, kw = model_kwargs(cfg)
