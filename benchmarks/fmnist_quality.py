@@ -100,7 +100,7 @@ def rel(path) -> str:
 
 # ---- pretraining: budget-true runs, reused when finished with the same settings ------------------------
 def overrides(recipe: str, minutes: float, run_dir: Path, args) -> list[str]:
-    ov = [f"model.name={recipe}", f"run.dir={run_dir}", f"run.seed={args.seed}", "run.recon_images=0",
+    ov = [f"run.dir={run_dir}", f"run.seed={args.seed}", "run.recon_images=0",
           f"trainer.enable_progress_bar={not args.no_progress}", f"trainer.max_minutes={float(minutes)}",
           "run.keep_periodic=1", *args.overrides]
     return ov + ([f"data.limit={args.limit}"] if args.limit else [])
@@ -230,6 +230,7 @@ def markdown_table(result: dict) -> str:
     """The README's table: every row's accuracy (95% interval) and, for the points, the verdict against
     raw pixels with the paired interval of the difference (points); scarce labels as mean +- std."""
     from mimkit.eval.protocols import PROTOCOL_NAMES
+    from mimkit.eval.render import method_label
 
     ns = sorted({n for pts in result["curve"].values() for v in pts.values() for n in v.get("scarce", {})}, key=int)
     cols = [(p, None) for p in PROTOCOLS] + [(p, n) for n in ns for p in ("knn", "best_linear")]
@@ -250,7 +251,7 @@ def markdown_table(result: dict) -> str:
     for recipe, pts in result["curve"].items():
         for m, v in sorted(pts.items(), key=lambda kv: float(kv[0])):
             pre = f"{m} min: {v['steps']} steps, {v['wall_minutes']} min"
-            lines.append(f"| {recipe.split('_vit')[0]} | {pre} | " + " | ".join(cell(v, p, n) for p, n in cols) + " |")
+            lines.append(f"| {method_label(recipe)} | {pre} | " + " | ".join(cell(v, p, n) for p, n in cols) + " |")
     return "\n".join(lines)
 
 

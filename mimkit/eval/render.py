@@ -2,6 +2,7 @@
 (paired intervals), ``report.md``, ``report.png`` and ``neighbours.png``."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -10,6 +11,12 @@ from .protocols import PROTOCOL_NAMES
 
 RAW, RANDOM = "raw_pixels", "random_init"
 ORDER = ("knn", "linear", "logreg", "best_linear", "finetune")
+
+
+def method_label(recipe: str) -> str:
+    """A recipe's short name for tables and legends: its method, plus any variant named after the architecture
+    (``ibot_vit_tiny_patch7_28`` -> ``ibot``, ``ibot_vit_tiny_patch7_28_mild`` -> ``ibot mild``)."""
+    return re.sub(r"_vit_[a-z]+_patch\d+(_\d+)?", "", recipe).replace("_", " ")
 
 
 def _safe(name: str) -> str:
@@ -295,7 +302,7 @@ def plot_curve(result: dict, path, protocols=("knn", "linear", "logreg")) -> Pat
                 continue
             xs, ys = [m for m, _ in ms], [v["accuracy"] for _, v in ms]
             err = [[y - v["ci"][0] for y, (_, v) in zip(ys, ms)], [v["ci"][1] - y for y, (_, v) in zip(ys, ms)]]
-            line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=recipe.split("_vit")[0], mfc="white")
+            line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method_label(recipe), mfc="white")
             better = [(x, y) for x, y, (_, v) in zip(xs, ys, ms) if v.get("vs_raw", {}).get("verdict") == "better"]
             if better:
                 ax.plot(*zip(*better), "o", color=line[0].get_color())
