@@ -8,11 +8,9 @@ a printed table and, with ``--out``, a JSON file.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-from mimkit.commands import add_trust_flag
+from mimkit.commands import add_trust_flag, write_results
 
 
 def _common(p) -> None:
@@ -106,9 +104,5 @@ def run(args) -> int:
     name = {"knn": f"{args.k if args.protocol == 'knn' else ''}-NN", "linear": "linear probe"}[args.protocol]
     print()
     print_table([(name, how, f"{r['acc']:.4f}") for how, r in results.items()], ("protocol", "pool", "test accuracy"))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2))
-        print(f"results: {out}")
+    write_results(args.out, summary)
     return 0

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from mimkit.commands import add_trust_flag
 
-FORMATS = ("hf", "timm", "safetensors", "official")
+FORMATS = ("hf", "hf-backbone", "timm", "safetensors", "official")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "export", help="write a checkpoint for transformers, timm, the official code or as mimkit safetensors",
         description="Export a mimkit checkpoint. hf: a save_pretrained() directory (loads with "
-                    "<Class>.from_pretrained(DIR)); timm: DIR/model.safetensors + DIR/config.json with the "
+                    "<Class>.from_pretrained(DIR)); hf-backbone: a transformers backbone directory for the dense heads "
+                    "(UperNet, DPT; transformers.AutoBackbone / the class config.json names), its feature maps "
+                    "the outputs of --out-indices blocks; timm: DIR/model.safetensors + DIR/config.json with the "
                     "architecture and kwargs for timm.create_model(arch, num_classes=0, **kwargs) "
                     "(strict load, or pretrained_cfg_overlay=dict(file=DIR/model.safetensors)); "
                     "safetensors: mimkit's own format (mimkit.load(DIR)); official: the file the method's "
@@ -25,6 +27,11 @@ def register(sub) -> None:
     p.add_argument("--img-size", type=int, nargs="+", metavar="PX",
                    help="export for another input resolution: H or H W (position embeddings are "
                         "recomputed / interpolated)")
+    p.add_argument("--out-indices", type=int, nargs="+", metavar="I",
+                   help="hf-backbone: the blocks (Swin: stages) whose outputs are the feature maps, counted from 1 "
+                        "(default: 4 evenly spaced blocks, every Swin stage)")
+    p.add_argument("--add-fpn", action="store_true",
+                   help="hf-backbone, BEiT only: BeitBackbone's own 4-level pyramid (freshly initialised)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     add_trust_flag(p)
     p.set_defaults(func=run)
@@ -55,6 +62,13 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         hf.save_pretrained(out)
         print(f"wrote {out} ({type(hf).__name__}.from_pretrained({str(out)!r}))")
+    elif args.format == "hf-backbone":
+        from mimkit.interop.hf_backbone import save_hf_backbone
+
+        hf = save_hf_backbone(model, out, args.out_indices, args.add_fpn)
+        print(f"wrote {out}: {type(hf).__name__}, feature maps of {hf.config.out_features} "
+              f"(transformers.AutoBackbone.from_pretrained or {type(hf).__name__}.from_pretrained({str(out)!r}); "
+              f"fine-tune a segmenter: mimkit finetune --task segmentation --backbone {out} --data DIR)")
     elif args.format == "official":
         from mimkit.interop.official import load_extras, save_official
 

@@ -52,6 +52,34 @@ def paired_difference(correct_a, correct_b, resamples: int = RESAMPLES, seed: in
     return {"diff": float(d.mean()), "lo": lo, "hi": hi, "verdict": verdict(lo, hi)}
 
 
+def _miou(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """mIoU of summed counts (..., K): the mean over the classes that occur (union > 0)."""
+    seen = union > 0
+    return torch.where(seen, inter / union.clamp(min=1), 0).sum(-1) / seen.sum(-1).clamp(min=1)
+
+
+def miou_interval(inter, union, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """{"miou", "lo", "hi"}: the mIoU of per-image intersections / unions (N, K) and its bootstrap interval
+    over the images (each resample sums its images' counts, then averages over the classes)."""
+    i, u = torch.as_tensor(inter).double(), torch.as_tensor(union).double()
+    idx = resample_rows(len(i), resamples, seed)
+    lo, hi = _quantiles(torch.stack([_miou(i[r].sum(0), u[r].sum(0)) for r in idx]))
+    return {"miou": float(_miou(i.sum(0), u.sum(0))), "lo": lo, "hi": hi}
+
+
+def paired_miou_difference(inter_a, union_a, inter_b, union_b, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """{"diff", "lo", "hi", "verdict"}: mIoU of ``a`` minus that of ``b`` on the same images, with the paired
+    bootstrap interval (both sides summed over each resample's images)."""
+    ia, ua, ib, ub = (torch.as_tensor(t).double() for t in (inter_a, union_a, inter_b, union_b))
+    if ia.shape != ib.shape:
+        raise ValueError(f"a paired difference needs the same test images on both sides, got {len(ia)} and {len(ib)}")
+    idx = resample_rows(len(ia), resamples, seed)
+    d = torch.stack([_miou(ia[r].sum(0), ua[r].sum(0)) - _miou(ib[r].sum(0), ub[r].sum(0)) for r in idx])
+    lo, hi = _quantiles(d)
+    diff = float(_miou(ia.sum(0), ua.sum(0)) - _miou(ib.sum(0), ub.sum(0)))
+    return {"diff": diff, "lo": lo, "hi": hi, "verdict": verdict(lo, hi)}
+
+
 def verdict(lo: float, hi: float) -> str:
     """"better" when the interval lies above 0, "worse" below, else "tie"."""
     return "better" if lo > 0 else "worse" if hi < 0 else "tie"

@@ -32,7 +32,7 @@ def _tables():
 def from_hf(hf_model):
     """Convert a ``transformers`` model (instance or local ``save_pretrained`` directory) to mimkit."""
     if isinstance(hf_model, (str, os.PathLike)):
-        hf_model = _load_dir(hf_model)
+        hf_model = load_hf_dir(hf_model)
     table, _ = _tables()
     name = type(hf_model).__name__
     if name not in table:
@@ -49,7 +49,9 @@ def to_hf(model):
     return table[method](model)
 
 
-def _load_dir(path):
+def load_hf_dir(path):
+    """The ``transformers`` model a ``save_pretrained`` directory holds, built by the class its config.json
+    names; PyTorch ``.bin`` weights are read weights-only unless --trust-checkpoint is given."""
     import transformers
 
     path = os.fspath(path)

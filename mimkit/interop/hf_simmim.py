@@ -108,7 +108,7 @@ def vit_simmim_to_hf(model):
 
 
 # ---- Swin -------------------------------------------------------------------------------------
-def _stage_resolutions(img, patch, n_stages):
+def stage_resolutions(img, patch, n_stages):
     res, out = img // patch, []
     for _ in range(n_stages):
         out.append(res)
@@ -120,7 +120,7 @@ def _check_swin_windows(img, patch, n_stages, window):
     """transformers pads a stage before its cyclic shift and timm after, and transformers 5.x cannot run a
     stage smaller than the window: both agree exactly only when every stage resolution is a multiple of
     the window size."""
-    res = _stage_resolutions(img, patch, n_stages)
+    res = stage_resolutions(img, patch, n_stages)
     bad = [(i, r) for i, r in enumerate(res) if r % window]
     if bad:
         raise ValueError(

@@ -1,0 +1,83 @@
+"""Segmentation: the ADE20K-layout folder (and its clear errors), mIoU with paired intervals, and
+``mimkit finetune --task segmentation`` end to end on a few images."""
+import json
+
+import pytest
+import torch
+
+import mimkit
+from mimkit.cli import main as cli
+from mimkit.data.segmentation import SegmentationFolderError, read_segmentation_folder, write_segmentation_folder
+from mimkit.eval.segment import iou_counts, miou_from_confusion
+from mimkit.eval.stats import miou_interval, paired_miou_difference
+
+
+def scenes(n=8, size=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    y = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):
+        r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        k = 1 + i % 2
+        x[i, 0, r:r + 10, c:c + 10] = 120 * k
+        y[i, r:r + 10, c:c + 10] = k
+    return x, y
+
+
+def test_folder_round_trip_and_clear_errors(tmp_path):
+    x, y = scenes()
+    write_segmentation_folder(tmp_path, "training", x, y)
+    xr, yr = read_segmentation_folder(tmp_path, "training", in_chans=1)
+    assert torch.equal(xr, x) and torch.equal(yr, y)
+    with pytest.raises(SegmentationFolderError, match="--num-labels 3"):
+        read_segmentation_folder(tmp_path, "training", in_chans=1, num_labels=2)
+    with pytest.raises(SegmentationFolderError, match="images/validation"):
+        read_segmentation_folder(tmp_path, "validation", in_chans=1)
+    (tmp_path / "annotations" / "training" / "000003.png").unlink()
+    with pytest.raises(SegmentationFolderError, match="000003.png has no label map"):
+        read_segmentation_folder(tmp_path, "training", in_chans=1)
+    from PIL import Image
+
+    Image.new("L", (20, 20)).save(tmp_path / "annotations" / "training" / "000003.png")
+    with pytest.raises(SegmentationFolderError, match="must match their images"):
+        read_segmentation_folder(tmp_path, "training", in_chans=1)
+
+
+def test_iou_counts_and_intervals():
+    truth = torch.tensor([[[0, 1], [2, 255]], [[1, 1], [0, 0]]])
+    pred = torch.tensor([[[0, 1], [1, 2]], [[1, 0], [0, 0]]])
+    inter, union = iou_counts(pred, truth, 3)
+    # image 0: class 0 1/1, class 1 1/2 (pred has an extra 1), class 2 0/1 (the 255 pixel ignored)
+    assert inter[0].tolist() == [1, 1, 0] and union[0].tolist() == [1, 2, 1]
+    assert inter[1].tolist() == [2, 1, 0] and union[1].tolist() == [3, 2, 0]
+    conf = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(truth.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            conf[t, p] += 1
+    assert miou_interval(inter, union, resamples=50)["miou"] == pytest.approx(miou_from_confusion(conf))
+    same = paired_miou_difference(inter, union, inter, union, resamples=50)
+    assert same["diff"] == 0 and same["verdict"] == "tie"
+    n = 40
+    good_i, good_u = torch.tensor([[5, 5]] * n), torch.tensor([[5, 5]] * n)
+    bad_i = torch.tensor([[3, 2]] * n)
+    d = paired_miou_difference(good_i, good_u, bad_i, good_u, resamples=100)
+    assert d["diff"] == pytest.approx(0.5) and d["verdict"] == "better"
+
+
+def test_cli_segmentation_end_to_end(tmp_path, capsys):
+    x, y = scenes(24)
+    write_segmentation_folder(tmp_path / "data", "training", x[:16], y[:16])
+    write_segmentation_folder(tmp_path / "data", "validation", x[16:], y[16:])
+    model = mimkit.create("mae_vit_tiny_patch4_28", embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+                          decoder_depth=1, decoder_num_heads=2)
+    mimkit.save(model, tmp_path / "m")
+    out = tmp_path / "res" / "seg.json"
+    assert cli(["finetune", "--task", "segmentation", "--checkpoint", str(tmp_path / "m"), "--data",
+                str(tmp_path / "data"), "--minutes", "0.05", "--batch-size", "4", "--head-channels", "16",
+                "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["num_labels"] == 3 and res["results"]["steps"] > 0 and 0 <= res["results"]["test_miou"] <= 1
+    assert (tmp_path / "res" / "segmentation.png").is_file()
+    assert "test mIoU" in capsys.readouterr().out
+    assert cli(["finetune", "--task", "segmentation", "--data", str(tmp_path / "data")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
