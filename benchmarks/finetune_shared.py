@@ -24,6 +24,7 @@ MINUTES, pretrained MINUTES * (T - P) / T. Each finished trial is a line of ``re
     python benchmarks/finetune_shared.py --total 30 --tune 4
     python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, recipe) per side; the same count on both sides. The first of each is the untuned recipe of the
 # 30-minute point (blr 2e-3, drop path 0.1, no mixup, label smoothing 0.1; layer decay 0.75 / 1.0).
 TRIALS = {
-    "pretrained": [("base", {}), ("blr4e-3", {"blr": 4e-3}), ("ld0.9", {"layer_decay": 0.9}),
-                   ("mixup", {"mixup": 0.8, "cutmix": 1.0})],
-    "scratch": [("base", {}), ("blr4e-3", {"blr": 4e-3}), ("dp0", {"drop_path": 0.0}),
-                ("mixup", {"mixup": 0.8, "cutmix": 1.0})],
+    "pretrained": [
+        ("base", {}),
+        ("blr4e-3", {"blr": 4e-3}),
+        ("ld0.9", {"layer_decay": 0.9}),
+        ("mixup", {"mixup": 0.8, "cutmix": 1.0}),
+    ],
+    "scratch": [
+        ("base", {}),
+        ("blr4e-3", {"blr": 4e-3}),
+        ("dp0", {"drop_path": 0.0}),
+        ("mixup", {"mixup": 0.8, "cutmix": 1.0}),
+    ],
 }
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -61,19 +70,29 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default results/finetune_shared_<total>min.json")
     p.add_argument("--rerun", action="store_true")
-    p.add_argument("--tune", type=float, metavar="MINUTES",
-                   help="run the equal-trial recipe search on the validation split (scratch trials MINUTES long)")
+    p.add_argument(
+        "--tune",
+        type=float,
+        metavar="MINUTES",
+        help="run the equal-trial recipe search on the validation split (scratch trials MINUTES long)",
+    )
     p.add_argument("--recipes", help="a --tune result: run the two arms with the recipes it chose")
     args = p.parse_args(argv)
     model_dir = ROOT / args.model
     pre = float(json.loads((model_dir / "schedule.json").read_text())["max_minutes"])
     ft_minutes = args.total - pre
     if ft_minutes <= 0:
-        raise SystemExit(f"finetune_shared: {args.model} was pretrained for {pre} min, not less than --total {args.total}")
+        raise SystemExit(
+            f"finetune_shared: {args.model} was pretrained for {pre} min, not less than --total {args.total}"
+        )
     out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min.json")
     res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
-    res.update(command=f"python benchmarks/finetune_shared.py --total {args.total:g}", model=args.model,
-               total_minutes=args.total, pretrain_minutes=pre)
+    res.update(
+        command=f"python benchmarks/finetune_shared.py --total {args.total:g}",
+        model=args.model,
+        total_minutes=args.total,
+        pretrain_minutes=pre,
+    )
     model = mimkit.load(model_dir / "model")
     data = load_report_data("fashion_mnist", model, progress=False)
     if args.tune:
@@ -82,8 +101,13 @@ def main(argv=None) -> int:
     if chosen:
         out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min_tuned.json")
         res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
-        res.update(command=f"python benchmarks/finetune_shared.py --total {args.total:g} --recipes {args.recipes}",
-                   model=args.model, total_minutes=args.total, pretrain_minutes=pre, recipes=chosen)
+        res.update(
+            command=f"python benchmarks/finetune_shared.py --total {args.total:g} --recipes {args.recipes}",
+            model=args.model,
+            total_minutes=args.total,
+            pretrain_minutes=pre,
+            recipes=chosen,
+        )
     train_aug = finetune_augmented(data)
     arms = {"pretrained": (model, ft_minutes, 0.75), "scratch": (random_init_like(model, args.seed), args.total, 1.0)}
     correct = {}
@@ -95,21 +119,41 @@ def main(argv=None) -> int:
             continue
         t0 = time.time()
         recipe = {"layer_decay": decay, **chosen.get(name, {}).get("recipe", {})}
-        r = finetune_for_minutes(m, train_aug, data.test, data.num_classes, minutes, batch_size=args.batch_size,
-                                 seed=args.seed, progress=False, **recipe)
+        r = finetune_for_minutes(
+            m,
+            train_aug,
+            data.test,
+            data.num_classes,
+            minutes,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=False,
+            **recipe,
+        )
         correct[name] = r["correct"]
         ci = accuracy_interval(r["correct"])
-        res.setdefault("arms", {})[name] = {"accuracy": ci["acc"], "ci": [ci["lo"], ci["hi"]], "minutes": minutes,
-                                            "measured_minutes": r["minutes"], "steps": r.get("steps"),
-                                            "layer_decay": decay, "wall_minutes": round((time.time() - t0) / 60, 2)}
+        res.setdefault("arms", {})[name] = {
+            "accuracy": ci["acc"],
+            "ci": [ci["lo"], ci["hi"]],
+            "minutes": minutes,
+            "measured_minutes": r["minutes"],
+            "steps": r.get("steps"),
+            "layer_decay": decay,
+            "wall_minutes": round((time.time() - t0) / 60, 2),
+        }
         torch.save(r["correct"], cache)
         out.write_text(json.dumps(res, indent=1))
-        print(f"finetune_shared: {name}: {ci['acc']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] after {minutes:g} min", flush=True)
+        print(
+            f"finetune_shared: {name}: {ci['acc']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] after {minutes:g} min",
+            flush=True,
+        )
     res["pretrained_vs_scratch"] = paired_difference(correct["pretrained"], correct["scratch"])
     out.write_text(json.dumps(res, indent=1))
     d = res["pretrained_vs_scratch"]
-    print(f"finetune_shared: {pre:g} min pretraining + {ft_minutes:g} min fine-tuning vs {args.total:g} min from scratch: "
-          f"{d['verdict']} {100 * d['diff']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+    print(
+        f"finetune_shared: {pre:g} min pretraining + {ft_minutes:g} min fine-tuning vs {args.total:g} min from scratch: "
+        f"{d['verdict']} {100 * d['diff']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    )
     return 0
 
 
@@ -138,26 +182,55 @@ def tune(args, model, data, pre: float) -> int:
                 continue
             m = model if side == "pretrained" else random_init_like(model, args.seed)
             recipe = {"layer_decay": base_decay[side], **over}
-            r = finetune_for_minutes(m, fit_aug, val_set, data.num_classes, minutes[side], batch_size=args.batch_size,
-                                     seed=args.seed, progress=False, **recipe)
-            t = {"side": side, "trial": name, "recipe": recipe, "minutes": round(minutes[side], 2),
-                 "measured_minutes": r["minutes"], "steps": r.get("steps"), "val_acc": round(float(r["acc"]), 4),
-                 "fit_images": len(fit), "val_images": len(val)}
+            r = finetune_for_minutes(
+                m,
+                fit_aug,
+                val_set,
+                data.num_classes,
+                minutes[side],
+                batch_size=args.batch_size,
+                seed=args.seed,
+                progress=False,
+                **recipe,
+            )
+            t = {
+                "side": side,
+                "trial": name,
+                "recipe": recipe,
+                "minutes": round(minutes[side], 2),
+                "measured_minutes": r["minutes"],
+                "steps": r.get("steps"),
+                "val_acc": round(float(r["acc"]), 4),
+                "fit_images": len(fit),
+                "val_images": len(val),
+            }
             done[(side, name)] = t
             with log.open("a") as f:
                 f.write(json.dumps(t) + "\n")
-            print(f"finetune_shared --tune: {side} {name} {recipe}: validation {t['val_acc']:.4f} "
-                  f"({t['measured_minutes']} min)", flush=True)
+            print(
+                f"finetune_shared --tune: {side} {name} {recipe}: validation {t['val_acc']:.4f} "
+                f"({t['measured_minutes']} min)",
+                flush=True,
+            )
     chosen = {}
     for side, trials in TRIALS.items():
         rows = [done[(side, n)] for n, _ in trials]
         best = max(rows, key=lambda t: t["val_acc"])
         chosen[side] = {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}
     out = ROOT / "results" / f"finetune_tune_{args.total:g}min.json"
-    out.write_text(json.dumps({"command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}",
-                               "trials_per_side": {s: len(t) for s, t in TRIALS.items()},
-                               "trial_minutes": {s: round(v, 2) for s, v in minutes.items()},
-                               "chosen": chosen, "trials": list(done.values())}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}",
+                "trials_per_side": {s: len(t) for s, t in TRIALS.items()},
+                "trial_minutes": {s: round(v, 2) for s, v in minutes.items()},
+                "chosen": chosen,
+                "trials": list(done.values()),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     for side, c in chosen.items():
         print(f"finetune_shared --tune: {side} chooses {c['trial']} {c['recipe']} (validation {c['val_acc']:.4f})")
     return 0
