@@ -14,7 +14,8 @@ is in (a rerun skips finished arms; ``--rerun`` repeats them).
     python benchmarks/finetune_shared.py --total 30
 
 **Recipes tuned on validation, equal trials** (``--tune MINUTES``): each side runs the same number of trials
-(:data:`TRIALS`: learning rate, drop path, mixup; layer decay on the pretrained side only, none from scratch),
+(:data:`mimkit.eval.finetune.FINETUNE_TRIALS`: learning rate, drop path, mixup; layer decay on the pretrained side
+only; :func:`mimkit.eval.finetune.tune_finetune`, as ``mimkit report --finetune-minutes`` does),
 fitted on the training images outside a per-class validation split (1/6, :func:`mimkit.eval.splits.validation_split`)
 and scored on that split; the test set is not read. Trial budgets keep the shared clock's ratio: scratch
 MINUTES, pretrained MINUTES * (T - P) / T. Each finished trial is a line of ``results/finetune_tune_<T>min.jsonl``
@@ -34,22 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (name, recipe) per side; the same count on both sides. The first of each is the untuned recipe of the
-# 30-minute point (blr 2e-3, drop path 0.1, no mixup, label smoothing 0.1; layer decay 0.75 / 1.0).
-TRIALS = {
-    "pretrained": [
-        ("base", {}),
-        ("blr4e-3", {"blr": 4e-3}),
-        ("ld0.9", {"layer_decay": 0.9}),
-        ("mixup", {"mixup": 0.8, "cutmix": 1.0}),
-    ],
-    "scratch": [
-        ("base", {}),
-        ("blr4e-3", {"blr": 4e-3}),
-        ("dp0", {"drop_path": 0.0}),
-        ("mixup", {"mixup": 0.8, "cutmix": 1.0}),
-    ],
-}
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -85,29 +70,22 @@ def main(argv=None) -> int:
         raise SystemExit(
             f"finetune_shared: {args.model} was pretrained for {pre} min, not less than --total {args.total}"
         )
-    out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min.json")
-    res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
-    res.update(
-        command=f"python benchmarks/finetune_shared.py --total {args.total:g}",
-        model=args.model,
-        total_minutes=args.total,
-        pretrain_minutes=pre,
-    )
     model = mimkit.load(model_dir / "model")
     data = load_report_data("fashion_mnist", model, progress=False)
     if args.tune:
         return tune(args, model, data, pre)
     chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
-    if chosen:
-        out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min_tuned.json")
-        res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
-        res.update(
-            command=f"python benchmarks/finetune_shared.py --total {args.total:g} --recipes {args.recipes}",
-            model=args.model,
-            total_minutes=args.total,
-            pretrain_minutes=pre,
-            recipes=chosen,
-        )
+    tag = "_tuned" if chosen else ""
+    out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min{tag}.json")
+    res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
+    res.update(
+        command=f"python benchmarks/finetune_shared.py --total {args.total:g}"
+        + (f" --recipes {args.recipes}" if chosen else ""),
+        model=args.model,
+        total_minutes=args.total,
+        pretrain_minutes=pre,
+        **({"recipes": chosen} if chosen else {}),
+    )
     train_aug = finetune_augmented(data)
     arms = {"pretrained": (model, ft_minutes, 0.75), "scratch": (random_init_like(model, args.seed), args.total, 1.0)}
     correct = {}
@@ -159,73 +137,53 @@ def main(argv=None) -> int:
 
 def tune(args, model, data, pre: float) -> int:
     """The equal-trial search (see the module doc): validation only, one JSON line per finished trial."""
-    from mimkit.data import TensorImages
-    from mimkit.eval.finetune import finetune_augmented, finetune_for_minutes
+    from mimkit.eval.finetune import FINETUNE_TRIALS, choice_sets, tune_finetune
     from mimkit.eval.report import random_init_like
     from mimkit.eval.splits import validation_split
 
-    fit, val = validation_split(data.train.labels, seed=args.seed)
-    sub = type("Sub", (), {"train": TensorImages(data.train.images[fit], data.train.labels[fit])})()
-    fit_aug, val_set = finetune_augmented(sub), TensorImages(data.train.images[val], data.train.labels[val])
+    fit_aug, val_set = choice_sets(data, *validation_split(data.train.labels, seed=args.seed))
     log = ROOT / "results" / f"finetune_tune_{args.total:g}min.jsonl"
-    done = {}
+    done = {side: {} for side in FINETUNE_TRIALS}
     if log.exists() and not args.rerun:
         for line in log.read_text().splitlines():
             t = json.loads(line)
-            done[(t["side"], t["trial"])] = t
+            done[t["side"]][t["trial"]] = t
     minutes = {"pretrained": args.tune * (args.total - pre) / args.total, "scratch": args.tune}
-    base_decay = {"pretrained": 0.75, "scratch": 1.0}
-    for side, trials in TRIALS.items():
-        for name, over in trials:
-            if (side, name) in done:
-                print(f"finetune_shared --tune: {side} {name}: {done[(side, name)]['val_acc']:.4f} (kept)")
-                continue
-            m = model if side == "pretrained" else random_init_like(model, args.seed)
-            recipe = {"layer_decay": base_decay[side], **over}
-            r = finetune_for_minutes(
-                m,
-                fit_aug,
-                val_set,
-                data.num_classes,
-                minutes[side],
-                batch_size=args.batch_size,
-                seed=args.seed,
-                progress=False,
-                **recipe,
-            )
-            t = {
-                "side": side,
-                "trial": name,
-                "recipe": recipe,
-                "minutes": round(minutes[side], 2),
-                "measured_minutes": r["minutes"],
-                "steps": r.get("steps"),
-                "val_acc": round(float(r["acc"]), 4),
-                "fit_images": len(fit),
-                "val_images": len(val),
-            }
-            done[(side, name)] = t
-            with log.open("a") as f:
-                f.write(json.dumps(t) + "\n")
-            print(
-                f"finetune_shared --tune: {side} {name} {recipe}: validation {t['val_acc']:.4f} "
-                f"({t['measured_minutes']} min)",
-                flush=True,
-            )
-    chosen = {}
-    for side, trials in TRIALS.items():
-        rows = [done[(side, n)] for n, _ in trials]
-        best = max(rows, key=lambda t: t["val_acc"])
-        chosen[side] = {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}
+
+    def keep(t):
+        with log.open("a") as f:
+            f.write(json.dumps(t) + "\n")
+        print(
+            f"finetune_shared --tune: {t['side']} {t['trial']} {t['recipe']}: validation {t['val_acc']:.4f} "
+            f"({t['measured_minutes']} min)",
+            flush=True,
+        )
+
+    found = {}
+    for side in FINETUNE_TRIALS:
+        m = model if side == "pretrained" else random_init_like(model, args.seed)
+        found[side] = tune_finetune(
+            m,
+            side,
+            fit_aug,
+            val_set,
+            data.num_classes,
+            minutes[side],
+            done=done[side],
+            on_trial=keep,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    chosen = {side: f["chosen"] for side, f in found.items()}
     out = ROOT / "results" / f"finetune_tune_{args.total:g}min.json"
     out.write_text(
         json.dumps(
             {
                 "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}",
-                "trials_per_side": {s: len(t) for s, t in TRIALS.items()},
+                "trials_per_side": {side: len(f["trials"]) for side, f in found.items()},
                 "trial_minutes": {s: round(v, 2) for s, v in minutes.items()},
                 "chosen": chosen,
-                "trials": list(done.values()),
+                "trials": [t for f in found.values() for t in f["trials"]],
             },
             indent=1,
         )

@@ -16,9 +16,15 @@ on the same ViT (MAE tiny's encoder at 56 px, patch 4: a 14x14 grid) read on the
 * ``fmnist``: the committed 60-minute Fashion-MNIST MAE encoder (28 px; positions resized to 56), UperNet
   for all ``total`` minutes (its 60 minutes of pretraining happened elsewhere, as a downloaded encoder's).
 
-Every arm uses one untuned recipe (AdamW, blr 1e-3, batch 32, random flips; layer decay 0.75 on pretrained
-encoders, 1.0 from scratch); mIoU on a tenth of the training canvases is recorded during training, and the
-verdicts are paired bootstrap intervals over the test canvases. Each finished arm is kept in ``--work`` and
+Every arm uses one recipe (AdamW, blr 1e-3, batch 32, random flips; layer decay 0.75 on pretrained
+encoders, 1.0 from scratch); mIoU on a tenth of the training canvases (validation) is recorded during
+training, and the verdicts are paired bootstrap intervals over the test canvases. With ``--tune F`` each arm
+first chooses its lr on that validation tenth by the same trials (one per base lr of
+``mimkit.eval.segment.SEGMENTATION_BLRS``, each ``F`` of the arm's UperNet minutes, kept as they end) and
+trains with the best; the test canvases are read once, by the chosen setting
+(``results/fmnist_scenes_tuned.json``):
+
+    python benchmarks/fmnist_scenes.py --total 12 --share 0.5 --tune 0.25   # ~70 min alone Each finished arm is kept in ``--work`` and
 reused, so an interrupted run resumes. Writes ``results/fmnist_scenes.json`` and ``results/fmnist_scenes.png``.
 """
 from __future__ import annotations
@@ -49,8 +55,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="results/fmnist_scenes_runs")
     p.add_argument("--out", default="results/fmnist_scenes.json")
+    p.add_argument("--tune", type=float, default=0.0, metavar="F",
+                   help="choose each arm's UperNet lr on the validation canvases first: one trial per base lr of "
+                        "mimkit.eval.segment.SEGMENTATION_BLRS, each F x the arm's UperNet minutes (default 0: blr 1e-3)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if not 0 <= args.tune <= 1:
+        p.error(f"--tune is a fraction in [0, 1], got {args.tune}")
+    if args.tune and args.out == "results/fmnist_scenes.json":
+        args.out = "results/fmnist_scenes_tuned.json"
     if not 0 < args.share < 1:
         p.error(f"--share is a fraction in (0, 1), got {args.share}")
     return args
@@ -121,22 +134,39 @@ def arm_backbone(arm: str, args, data: Path, work: Path, mean: float, std: float
 
 
 def run_arm(arm: str, args, data: Path, work: Path, splits, num_labels: int, mean: float, std: float) -> dict:
-    from mimkit.eval.segment import finetune_segmentation
+    from mimkit.eval.segment import finetune_segmentation, tune_segmentation
 
-    cache = work / f"arm_{arm}_{args.total:g}min_share{args.share:g}.pt"
+    tag = f"{args.total:g}min_share{args.share:g}" + (f"_tune{args.tune:g}" if args.tune else "")
+    cache = work / f"arm_{arm}_{tag}.pt"
     if cache.is_file():
         print(f"== {arm}: reusing {cache.name}")
         return torch.load(cache, weights_only=True)
     t0 = time.time()
     backbone, minutes, layer_decay = arm_backbone(arm, args, data, work, mean, std)
     pre_minutes = (time.time() - t0) / 60
-    print(f"== {arm}: UperNet for {minutes:g} budget-true minutes (layer decay {layer_decay}) ==", flush=True)
     (xtr, ytr), fit, val, test = splits
+    blr, tuning = 1e-3, None
+    if args.tune:  # the same number of trials for every arm, on the validation canvases; each kept as it ends
+        log = work / f"trials_{arm}_{tag}.jsonl"
+        done = {t["blr"]: t for t in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
+
+        def keep(t):
+            with log.open("a") as f:
+                f.write(json.dumps(t) + "\n")
+            print(f"== {arm}: trial blr {t['blr']:g}: validation mIoU {t['val_miou']:.4f} ({t['steps']} steps)",
+                  flush=True)
+        tuning = tune_segmentation(backbone, (xtr[fit], ytr[fit]), (xtr[val], ytr[val]), num_labels,
+                                   minutes=args.tune * minutes, done=done, on_trial=keep, layer_decay=layer_decay,
+                                   seed=args.seed, mean=mean, std=std, progress=not args.no_progress)
+        blr = tuning["chosen"]["blr"]
+    print(f"== {arm}: UperNet for {minutes:g} budget-true minutes (blr {blr:g}, layer decay {layer_decay}) ==",
+          flush=True)
     res = finetune_segmentation(backbone, (xtr[fit], ytr[fit]), (xtr[val], ytr[val]), test, num_labels,
-                                minutes=minutes, layer_decay=layer_decay, seed=args.seed, mean=mean, std=std,
+                                minutes=minutes, blr=blr, layer_decay=layer_decay, seed=args.seed, mean=mean, std=std,
                                 progress=not args.no_progress)
     res.pop("segmenter")
-    res.update(arm=arm, pretrain_minutes=round(pre_minutes, 2), total_minutes=round(pre_minutes + res["minutes"], 2))
+    res.update(arm=arm, pretrain_minutes=round(pre_minutes, 2), total_minutes=round(pre_minutes + res["minutes"], 2),
+               blr=blr, **({"tuning": tuning} if tuning else {}))
     tmp = cache.with_suffix(".tmp")
     torch.save(res, tmp)
     tmp.replace(cache)
@@ -182,9 +212,11 @@ def main(argv=None) -> int:
            "picture": str(pic.relative_to(ROOT))}
     path = ROOT / args.out
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| arm | minutes (pretrain + UperNet) | steps | val mIoU | test mIoU [95%] |\n| --- | --- | --- | --- | --- |")
+    print("\n| arm | minutes (pretrain + UperNet) | blr | steps | val mIoU | test mIoU [95%] |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for a, r in rows.items():
-        print(f"| {a} | {r['pretrain_minutes']} + {r['minutes']} | {r['steps']} | {r['val_miou']:.4f} | "
+        print(f"| {a} | {r['pretrain_minutes']} + {r['minutes']} | {r.get('blr', 1e-3):g} | {r['steps']} | "
+              f"{r['val_miou']:.4f} | "
               f"{r['test_miou']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] |")
     for k, d in pairs.items():
         print(f"{k}: {d['diff'] * 100:+.1f} mIoU points [{d['lo'] * 100:+.1f}, {d['hi'] * 100:+.1f}] -> {d['verdict']}")

@@ -375,3 +375,41 @@ def test_finetune_fractional_epochs_stop_after_their_share_of_steps():
     assert res["steps"] == 9, res
     _, res = finetune(tiny_mae(), train, test, 2, epochs=2, batch_size=32, warmup_epochs=0.5, progress=False)
     assert res["steps"] == 12, res
+
+
+def test_tune_finetune_chooses_on_validation_with_equal_trials_and_resumes(monkeypatch):
+    """Every trial of a side runs on the fit set and is scored on the validation set (never a test set);
+    the best is chosen (the untuned recipe wins ties); kept trials are not run again; both sides get as
+    many trials."""
+    from mimkit.eval import finetune as ft
+
+    fit_set, val_set = _stripes(64, 0), _stripes(16, 1)
+    calls = []
+
+    def fake(model, train, scored_on, num_classes, minutes, **kw):
+        calls.append((train, scored_on, minutes, kw))
+        acc = 0.5 + kw.get("blr", 2e-3) * 10 + 0.3 * (kw.get("mixup", 0) > 0) * (kw["layer_decay"] == 1.0)
+        return {"acc": acc, "minutes": minutes, "steps": 3}
+
+    monkeypatch.setattr(ft, "finetune_for_minutes", fake)
+    assert len(ft.FINETUNE_TRIALS["pretrained"]) == len(ft.FINETUNE_TRIALS["scratch"])
+    got = ft.tune_finetune(None, "pretrained", fit_set, val_set, 2, 0.5, seed=3)
+    assert [c[0] for c in calls] == [fit_set] * 4 and all(c[1] is val_set for c in calls)
+    assert got["chosen"]["trial"] == "blr4e-3" and got["chosen"]["recipe"] == {"layer_decay": 0.75, "blr": 4e-3}
+    assert got["chosen"]["val_acc"] == max(t["val_acc"] for t in got["trials"])
+    calls.clear()
+    scratch = ft.tune_finetune(None, "scratch", fit_set, val_set, 2, 1.0)
+    assert scratch["chosen"]["trial"] == "mixup" and scratch["chosen"]["recipe"]["layer_decay"] == 1.0
+    assert all(c[3]["layer_decay"] == 1.0 for c in calls) and {c[2] for c in calls} == {1.0}
+    # resume: kept trials are not run again, and new ones are handed to on_trial
+    calls.clear()
+    kept = {t["trial"]: t for t in got["trials"][:2]}
+    seen = []
+    again = ft.tune_finetune(None, "pretrained", fit_set, val_set, 2, 0.5, done=kept, on_trial=seen.append)
+    assert len(calls) == 2 and [t["trial"] for t in seen] == ["ld0.9", "mixup"]
+    assert again["chosen"] == got["chosen"]
+    # ties: the first (untuned) recipe stays
+    monkeypatch.setattr(ft, "finetune_for_minutes", lambda *a, **k: {"acc": 0.7, "minutes": 0.1, "steps": 1})
+    assert ft.tune_finetune(None, "scratch", fit_set, val_set, 2, 0.1)["chosen"]["trial"] == "base"
+    with pytest.raises(ValueError, match="side must be one of"):
+        ft.tune_finetune(None, "imagenet", fit_set, val_set, 2, 0.1)

@@ -185,7 +185,8 @@ def test_colour_folder_of_another_size_split_by_test_fraction(tmp_path):
 
 def test_finetune_rows_with_the_equal_time_scratch_baseline(png_folder, tiny_run, tmp_path):
     rep = build_report([str(tiny_run)], str(png_folder), None, labels_per_class=[20], settings=QUICK, draws=1,
-                       finetune_minutes=0.05, pretrain_minutes=0.05, finetune_batch_size=32, progress=False)
+                       finetune_minutes=0.05, pretrain_minutes=0.05, finetune_batch_size=32, progress=False,
+                       finetune_trial_fraction=0.3)
     ft = [r for r in rep["rows"] if r["protocol"] == "finetune"]
     assert {(r["encoder"], r["labels_per_class"]) for r in ft} == {
         ("tiny-run", None), ("tiny-run", 20), ("random_init", None), ("random_init", 20)}
@@ -196,6 +197,26 @@ def test_finetune_rows_with_the_equal_time_scratch_baseline(png_folder, tiny_run
     assert rep["finetune"]["scratch_minutes"] == pytest.approx(0.1)
     mine = next(r for r in ft if r["encoder"] == "tiny-run" and r["labels_per_class"] is None)
     assert mine["vs_scratch"]["verdict"] in ("better", "tie", "worse") and mine["ci"][0] <= mine["accuracy"]
+    # each side's recipe is chosen by as many trials, on validation (all labels: the report's validation split;
+    # 20 per class: a fifth of those 20 x classes labels only), and the row carries the chosen recipe
+    recipes = rep["finetune"]["recipes"]
+    nc = len(rep["splits"]["validation"]["per_class"])
+    labelled = rep["splits"]["fit"]["images"] + rep["splits"]["validation"]["images"]
+    for budget, images in (("all", labelled), ("20", 20 * nc)):
+        mine_t, scratch_t = recipes["tiny-run"][budget]["trials"], recipes["random_init"][budget]["trials"]
+        assert len(mine_t) == len(scratch_t) == 4
+        for trials in (mine_t, scratch_t):
+            assert all(t["fit_images"] + t["val_images"] == images for t in trials)
+            assert max(t["val_acc"] for t in trials) == recipes["tiny-run" if trials is mine_t else "random_init"][
+                budget]["chosen"]["val_acc"]
+        if budget == "all":
+            assert all(t["val_images"] == rep["splits"]["validation"]["images"] for t in mine_t)
+        # trials keep each side's share of the clock: 0.3 x 0.1 min from scratch, 0.3 x 0.05 min pretrained
+        assert all(t["minutes"] == pytest.approx(0.03) for t in scratch_t)
+        assert all(t["minutes"] == pytest.approx(0.015, abs=0.006) for t in mine_t)
+    assert mine["recipe"] == recipes["tiny-run"]["all"]["chosen"]["recipe"]
+    assert mine["choice"] == recipes["tiny-run"]["all"]["chosen"]["trial"]
+    assert mine["choice_acc"] == recipes["tiny-run"]["all"]["chosen"]["val_acc"]
 
 
 # ---- bad input: one clear line each ---------------------------------------------------------------

@@ -81,3 +81,43 @@ def test_cli_segmentation_end_to_end(tmp_path, capsys):
     assert "test mIoU" in capsys.readouterr().out
     assert cli(["finetune", "--task", "segmentation", "--data", str(tmp_path / "data")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_tune_segmentation_scores_trials_on_validation_and_resumes(monkeypatch):
+    """One trial per base lr, trained on the fit images and scored on the validation images (handed in the
+    test set's place, so no test image is read); the best is chosen; kept trials are not run again."""
+    from mimkit.eval import segment
+
+    x, y = scenes(12)
+    fit, val = (x[:8], y[:8]), (x[8:], y[8:])
+    calls = []
+
+    def fake(backbone, train, during, scored, num_labels, *, minutes, blr, **kw):
+        calls.append((train, during, scored, minutes, blr, kw))
+        return {"test_miou": 0.3 + (blr == 4e-3) * 0.1, "steps": 5, "minutes": minutes}
+
+    monkeypatch.setattr(segment, "finetune_segmentation", fake)
+    got = segment.tune_segmentation("bb", fit, val, 3, minutes=0.2, layer_decay=0.9, seed=1)
+    assert [c[4] for c in calls] == list(segment.SEGMENTATION_BLRS)
+    assert all(c[0] is fit and c[1] is None and c[2] is val and c[3] == 0.2 and c[5]["layer_decay"] == 0.9
+               for c in calls)
+    assert got["chosen"] == {"blr": 4e-3, "val_miou": 0.4} and len(got["trials"]) == len(segment.SEGMENTATION_BLRS)
+    calls.clear()
+    seen = []
+    again = segment.tune_segmentation("bb", fit, val, 3, minutes=0.2, done={t["blr"]: t for t in got["trials"][:2]},
+                                      on_trial=seen.append)
+    assert len(calls) == len(segment.SEGMENTATION_BLRS) - 2 and len(seen) == len(calls)
+    assert again["chosen"] == got["chosen"]
+
+
+def test_tune_segmentation_trains_a_real_head_briefly():
+    from mimkit.eval.segment import tune_segmentation
+    from mimkit.interop.hf_backbone import to_hf_backbone
+
+    x, y = scenes(12)
+    model = mimkit.create("mae_vit_tiny_patch4_28", embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+                          decoder_depth=1, decoder_num_heads=2)
+    got = tune_segmentation(to_hf_backbone(model), (x[:8], y[:8]), (x[8:], y[8:]), 3, minutes=0.02, blrs=(1e-3, 1e-2),
+                            channels=16, batch_size=4, progress=False)
+    assert [t["blr"] for t in got["trials"]] == [1e-3, 1e-2] and all(t["steps"] >= 1 for t in got["trials"])
+    assert got["chosen"]["val_miou"] == max(t["val_miou"] for t in got["trials"]) and 0 <= got["chosen"]["val_miou"] <= 1

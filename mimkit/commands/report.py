@@ -41,7 +41,10 @@ def register(sub) -> None:
                         "(default 10,100, those every class has enough images for; '' for none)")
     p.add_argument("--finetune-minutes", type=float, metavar="M",
                    help="also fine-tune each encoder for M minutes per label budget, beside the same ViT from scratch "
-                        "for M + its pretraining minutes")
+                        "for M + its pretraining minutes; each side's recipe chosen on validation by the same trials")
+    p.add_argument("--finetune-trial-fraction", type=float, default=0.1, metavar="F",
+                   help="each of the 4 recipe trials per side (lr, layer decay or drop path, mixup) fine-tunes for F x "
+                        "that side's minutes on the validation split (default 0.1; 0: one fixed recipe for every side)")
     p.add_argument("--pretrain-minutes", type=float,
                    help="the encoders' pretraining time for the scratch budget (default: read from the run directory)")
     p.add_argument("--out", default="report", help="output directory (default ./report)")
@@ -89,6 +92,7 @@ def run(args) -> int:
     report = build_report(args.checkpoint, args.data, args.out, names=args.name, labels_per_class=sizes,
                           seed=args.seed, pool=args.pool, draws=args.draws, settings=settings,
                           finetune_minutes=args.finetune_minutes, pretrain_minutes=args.pretrain_minutes,
+                          finetune_trial_fraction=args.finetune_trial_fraction,
                           test_fraction=args.test_fraction, limit=args.limit, test_limit=args.test_limit,
                           mean=args.mean, std=args.std, root=args.data_root, device=args.device,
                           batch_size=args.batch_size, progress=not args.no_progress)

@@ -341,18 +341,72 @@ def load_classifier(out_dir) -> Classifier:
     return clf.eval()
 
 
-def finetune_augmented(data, crop_scale=(0.8, 1.0), hflip: bool = True):
-    """The training images with fine-tuning augmentation (random resized crop + flip) on the
-    already-normalised tensors."""
+def finetune_augmented(data, crop_scale=(0.8, 1.0), hflip: bool = True, rows=None):
+    """The training images (``data.train``, or those of its ``rows``) with fine-tuning augmentation
+    (random resized crop + flip) on the already-normalised tensors."""
     from torchvision.transforms import InterpolationMode, v2
 
     from ..data import TensorImages
 
-    size = data.train.images.shape[-1]
+    images, labels = data.train.images, data.train.labels
+    if rows is not None:
+        images, labels = images[rows], labels[rows]
+    size = images.shape[-1]
     t = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True)]
     if hflip:
         t.append(v2.RandomHorizontalFlip())
-    return TensorImages(data.train.images, data.train.labels, v2.Compose(t))
+    return TensorImages(images, labels, v2.Compose(t))
+
+
+#: The equal-trial search of fine-tuning recipes (:func:`tune_finetune`): (name, changes to the base recipe) per
+#: side, as many trials for the ViT from scratch as for a pretrained encoder. The first is the untuned recipe
+#: (blr 2e-3, drop path 0.1, label smoothing 0.1, no mixup; layer decay 0.75 pretrained, none from scratch);
+#: layer decay is searched on the pretrained side only, drop path on the scratch side in its place.
+FINETUNE_TRIALS = {
+    "pretrained": (("base", {}), ("blr4e-3", {"blr": 4e-3}), ("ld0.9", {"layer_decay": 0.9}),
+                   ("mixup", {"mixup": 0.8, "cutmix": 1.0})),
+    "scratch": (("base", {}), ("blr4e-3", {"blr": 4e-3}), ("dp0", {"drop_path": 0.0}),
+                ("mixup", {"mixup": 0.8, "cutmix": 1.0})),
+}
+BASE_LAYER_DECAY = {"pretrained": 0.75, "scratch": 1.0}
+
+
+def choice_sets(data, fit_rows, val_rows, crop_scale=(0.8, 1.0)):
+    """(augmented fit set, validation set) of the labelled training rows of ``data`` that choose a
+    fine-tuning recipe (:func:`tune_finetune`); the rows come from :func:`mimkit.eval.splits.validation_split`."""
+    from ..data import TensorImages
+
+    val_rows = torch.as_tensor(val_rows).long()
+    return (finetune_augmented(data, crop_scale, rows=torch.as_tensor(fit_rows).long()),
+            TensorImages(data.train.images[val_rows], data.train.labels[val_rows]))
+
+
+def tune_finetune(model, side: str, fit_aug, val_set, num_classes: int, minutes: float, *, trials=None,
+                  done: dict | None = None, on_trial=None, batch_size: int = 128, seed: int = 0,
+                  progress: bool = False) -> dict:
+    """Choose a fine-tuning recipe for ``model`` on a validation split: every trial of ``side``
+    (``"pretrained"`` or ``"scratch"``, :data:`FINETUNE_TRIALS`, or ``trials``) is fine-tuned for ``minutes``
+    (budget-true) on ``fit_aug`` and scored on ``val_set``; no test image is read. ``done`` ({trial name:
+    trial} kept from an earlier run) is not run again; ``on_trial(trial)`` is called after each new one (to
+    keep it). Returns ``{"chosen": {"trial", "recipe", "val_acc"}, "trials": [...]}``: the recipe to
+    fine-tune with, layer decay included."""
+    if side not in BASE_LAYER_DECAY:
+        raise ValueError(f"side must be one of {sorted(BASE_LAYER_DECAY)}, got {side!r}")
+    done = dict(done or {})
+    out = []
+    for name, over in (trials or FINETUNE_TRIALS)[side]:
+        if name not in done:
+            recipe = {"layer_decay": BASE_LAYER_DECAY[side], **over}
+            r = finetune_for_minutes(model, fit_aug, val_set, num_classes, minutes, batch_size=batch_size, seed=seed,
+                                     progress=progress, **recipe)
+            done[name] = {"side": side, "trial": name, "recipe": recipe, "minutes": round(minutes, 2),
+                          "measured_minutes": r["minutes"], "steps": r.get("steps"), "val_acc": round(float(r["acc"]), 4),
+                          "fit_images": len(fit_aug), "val_images": len(val_set)}
+            if on_trial is not None:
+                on_trial(done[name])
+        out.append(done[name])
+    best = max(out, key=lambda t: t["val_acc"])  # the first of equals: the untuned recipe wins ties
+    return {"chosen": {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}, "trials": out}
 
 
 def finetune_for_minutes(model, train_aug, test, num_classes: int, minutes: float, *, batch_size: int = 128,

@@ -43,6 +43,7 @@ class ReportConfig:
     settings: Settings = field(default_factory=Settings)
     val_fraction: float | None = None  # None: a sixth of every class, at most 10k images in all
     finetune_minutes: float | None = None
+    finetune_trial_fraction: float = 0.1  # each recipe trial runs this share of its side's minutes (0: no search)
     pairs: list | None = None  # [(row a, row b), ...]: also compare these rows with each other (paired intervals)
     pretrain_minutes: object = None  # a number, or one per checkpoint (default: read from the run directory)
     finetune_batch_size: int = 128
@@ -190,6 +191,8 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
     cfg = replace(config or ReportConfig(), **options)
     if cfg.finetune_minutes is not None and not cfg.finetune_minutes > 0:
         raise ValueError(f"--finetune-minutes must be > 0, got {cfg.finetune_minutes}")
+    if not 0 <= cfg.finetune_trial_fraction <= 1:
+        raise ValueError(f"--finetune-trial-fraction must lie in [0, 1], got {cfg.finetune_trial_fraction}")
     if int(cfg.draws) < 1:
         raise ValueError(f"--draws must be at least 1, got {cfg.draws}")
     s = replace(cfg.settings, seed=cfg.seed)
@@ -276,7 +279,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
                           "pretrain_minutes": None if spec is None else pre[names.index(name)]}
     rows = summarise(results, RAW, cfg.resamples, cfg.seed)
     pairs = [c for a, b in (cfg.pairs or []) for c in compare(results, a, b, cfg.resamples, cfg.seed)]
-    ft = _finetune_rows(cfg, rd, names, models, init, pre, subsets, rows, clock, notes) if cfg.finetune_minutes else None
+    ft = _finetune_rows(cfg, rd, names, models, init, pre, (fit, val), subsets, rows, clock, notes) if cfg.finetune_minutes else None
     report = {"rows": rows, "data": info, "splits": splits, "encoders": encoders, "labels_per_class": sizes,
               "seed": cfg.seed, "pool": cfg.pool, "draws": cfg.draws, "resamples": cfg.resamples,
               "settings": asdict(s), "notes": list(dict.fromkeys(notes)), "finetune": ft, "pairs": pairs,
@@ -305,19 +308,37 @@ def _protocol_text(s: Settings, cfg: ReportConfig, n_val: int, ft) -> dict:
                     f"tested, over {cfg.draws} subset draws (the same for every row)"),
         "raw_pixels": "the images exactly as the encoder receives them, flattened: 'standardised' (normalised per "
                       "channel) or '[0, 1]', chosen like an encoder's pooling",
-        "finetune": (f"whole encoder + head for {cfg.finetune_minutes:g} budget-true minutes each (AdamW, layer decay "
-                     "0.75, drop path 0.1, label smoothing 0.1, random resized crop + flip); random_init = the same ViT "
-                     f"from scratch for {ft['scratch_minutes']:g} min") if ft else None,
+        "finetune": (f"whole encoder + head for {cfg.finetune_minutes:g} budget-true minutes each (AdamW, drop path, "
+                     "label smoothing 0.1, random resized crop + flip); random_init = the same ViT from scratch for "
+                     f"{ft['scratch_minutes']:g} min; " + (
+                         "the recipe of every side chosen by the same trials (base: blr 2e-3, layer decay 0.75 or none "
+                         "from scratch; blr 4e-3; layer decay 0.9 or no drop path from scratch; mixup 0.8 + cutmix 1.0), "
+                         f"each {cfg.finetune_trial_fraction:g} of the side's minutes, fitted outside the validation split "
+                         "and scored on it (N labels per class: a per-class fifth of the first draw's labels), the test "
+                         "set read once by the chosen recipe" if cfg.finetune_trial_fraction else
+                         "one fixed recipe for every side (blr 2e-3, layer decay 0.75, none from scratch)")) if ft else None,
         "intervals": f"95% bootstrap over test images ({cfg.resamples} resamples, paired for differences); scarce "
                      f"labels: mean +- std over {cfg.draws} draws, differences a t interval over the draws",
     }
 
 
-def _finetune_rows(cfg, rd, names, models, init, pre, subsets, rows, clock, notes) -> dict:
+def _finetune_rows(cfg, rd, names, models, init, pre, split, subsets, rows, clock, notes) -> dict:
     """Fine-tune every encoder for ``finetune_minutes`` per label budget and draw, and the random init
     from scratch for those minutes plus the longest pretraining time; rows with paired intervals
-    against the scratch run on the same labels."""
-    from .finetune import finetune_augmented, finetune_for_minutes
+    against the scratch run on the same labels. Each side's recipe is first chosen by the same number of
+    trials (:func:`mimkit.eval.finetune.tune_finetune`, each ``finetune_trial_fraction`` of the side's
+    minutes): with all labels on the report's validation split, with N labels per class on a per-class
+    fifth of the first draw's N x classes labels (those labels only); the chosen recipe then fits every
+    draw of that budget, and the test set is read once per run."""
+    from .finetune import (
+        BASE_LAYER_DECAY,
+        FINETUNE_TRIALS,
+        choice_sets,
+        finetune_augmented,
+        finetune_for_minutes,
+        tune_finetune,
+    )
+    from .splits import validation_split
     from .stats import accuracy_interval, draws_difference, over_draws, paired_difference
 
     known = [p for p in pre if p is not None]
@@ -327,23 +348,48 @@ def _finetune_rows(cfg, rd, names, models, init, pre, subsets, rows, clock, note
     train_aug = finetune_augmented(rd)
     budgets = [(None, [torch.arange(len(rd.train))])] + list(subsets.items())
     got: dict = {}
+    tuned: dict = {}
     side = list(zip(names, models)) + ([(RANDOM, init)] if init is not None else [])
+    frac = float(cfg.finetune_trial_fraction)
     for n, draws in budgets:
+        choice = None
+        if frac > 0 and (n is None or n >= 2):
+            fit, val = split
+            if n is not None:  # those N x classes labels only
+                fit, val = validation_split(rd.train.labels[draws[0]], 0.2, cfg.seed)
+                fit, val = draws[0][fit], draws[0][val]
+            choice = choice_sets(rd, fit, val)
+        elif frac > 0:
+            notes.append(f"fine-tune: {n} label per class leaves nothing to choose a recipe on; the untuned one is used")
+        for name, model in side:
+            kind = "scratch" if name == RANDOM else "pretrained"
+            minutes = scratch if name == RANDOM else cfg.finetune_minutes
+            if choice is None:
+                tuned[(name, n)] = {"chosen": {"trial": FINETUNE_TRIALS[kind][0][0],
+                                               "recipe": {"layer_decay": BASE_LAYER_DECAY[kind]}}, "trials": []}
+                continue
+            with clock(f"{name}: {len(FINETUNE_TRIALS[kind])} recipe trials of {frac * minutes:.2g} min on validation, "
+                       f"{'all labels' if n is None else f'{n}/class'}"):
+                tuned[(name, n)] = tune_finetune(model, kind, choice[0], choice[1], rd.num_classes, frac * minutes,
+                                                 batch_size=min(cfg.finetune_batch_size, len(choice[0])),
+                                                 seed=cfg.seed, progress=cfg.progress)
         for d, rows_d in enumerate(draws):
             sub = train_aug if n is None else torch.utils.data.Subset(train_aug, rows_d.tolist())
             bs = min(cfg.finetune_batch_size, len(sub))
             for name, model in side:
-                minutes, decay = (scratch, 1.0) if name == RANDOM else (cfg.finetune_minutes, 0.75)
+                minutes = scratch if name == RANDOM else cfg.finetune_minutes
+                recipe = tuned[(name, n)]["chosen"]["recipe"]
                 with clock(f"{name}: {'from scratch' if name == RANDOM else 'fine-tune'} {minutes:g} min, "
                            f"{'all labels' if n is None else f'{n}/class, draw {d}'}"):
                     r = finetune_for_minutes(model, sub, rd.test, rd.num_classes, minutes, batch_size=bs,
-                                             layer_decay=decay, seed=cfg.seed + d, progress=cfg.progress)
+                                             seed=cfg.seed + d, progress=cfg.progress, **recipe)
                 got.setdefault((name, n), []).append(r)
     for (name, n), rs in got.items():
         base = got.get((RANDOM, n))
+        chosen = tuned[(name, n)]["chosen"]
         row = {"encoder": name, "protocol": "finetune", "labels_per_class": n, "labels_used": len(rs[0]["correct"]) and
-               (len(rd.train) if n is None else n * rd.num_classes), "choice": "fixed recipe",
-               "minutes": [r["minutes"] for r in rs], "steps": [r["steps"] for r in rs]}
+               (len(rd.train) if n is None else n * rd.num_classes),
+               "choice": chosen["trial"], "choice_acc": chosen.get("val_acc"), "recipe": chosen["recipe"], "minutes": [r["minutes"] for r in rs], "steps": [r["steps"] for r in rs]}
         if n is None:
             ci = accuracy_interval(rs[0]["correct"], cfg.resamples, cfg.seed)
             row.update(accuracy=ci["acc"], ci=[ci["lo"], ci["hi"]])
@@ -356,7 +402,10 @@ def _finetune_rows(cfg, rd, names, models, init, pre, subsets, rows, clock, note
                 row["vs_scratch"] = draws_difference([r["acc"] for r in rs], [r["acc"] for r in base])
         rows.append(row)
     return {"minutes_per_run": cfg.finetune_minutes, "scratch_minutes": round(scratch, 2),
-            "batch_size": cfg.finetune_batch_size, "layer_decay": 0.75, "drop_path": 0.1, "label_smoothing": 0.1}
+            "batch_size": cfg.finetune_batch_size, "drop_path": 0.1, "label_smoothing": 0.1,
+            "trial_fraction": frac, "trials_per_side": {k: len(v) for k, v in FINETUNE_TRIALS.items()} if frac else 0,
+            "recipes": {name: {("all" if n is None else str(n)): t for (nm, n), t in tuned.items() if nm == name}
+                        for name, _ in side}}
 
 
 def _write(report, out_dir: Path, rd, names, results, vectors, cfg, clock) -> None:

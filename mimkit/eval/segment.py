@@ -249,6 +249,32 @@ def finetune_segmentation(backbone, train, val, test, num_labels: int, *, minute
     return {**res, "inter": inter, "union": union, "pred": pred, "segmenter": seg}
 
 
+#: The learning rates an equal-trial search tries for a dense head (:func:`tune_segmentation`), per arm.
+SEGMENTATION_BLRS = (1e-3, 4e-3, 1.6e-2)
+
+
+def tune_segmentation(backbone, train, val, num_labels: int, *, minutes: float, blrs=SEGMENTATION_BLRS,
+                      done: dict | None = None, on_trial=None, **kw) -> dict:
+    """Choose a dense head's learning rate on a validation split: one budget-true trial of ``minutes`` per
+    base lr in ``blrs`` (the same count for every backbone compared), trained on ``train`` and scored (mIoU)
+    on ``val``, which takes the test set's place, so that no test image is read. ``done`` ({blr: trial}
+    from an earlier run) is kept; ``on_trial(trial)`` follows each new trial. ``kw`` goes to
+    :func:`finetune_segmentation` (head, layer decay, seed, mean, std...). Returns ``{"chosen": {"blr",
+    "val_miou"}, "trials": [...]}``; the first of equal scores wins."""
+    done = {float(k): v for k, v in (done or {}).items()}
+    trials = []
+    for blr in blrs:
+        if float(blr) not in done:
+            r = finetune_segmentation(backbone, train, None, val, num_labels, minutes=minutes, blr=float(blr), **kw)
+            done[float(blr)] = {"blr": float(blr), "val_miou": round(r["test_miou"], 4), "steps": r["steps"],
+                                "minutes": r["minutes"], "minutes_budget": minutes}
+            if on_trial is not None:
+                on_trial(done[float(blr)])
+        trials.append(done[float(blr)])
+    best = max(trials, key=lambda t: t["val_miou"])
+    return {"chosen": {"blr": best["blr"], "val_miou": best["val_miou"]}, "trials": trials}
+
+
 def _confusion(pred, truth, k: int) -> torch.Tensor:
     keep = truth != IGNORE
     return torch.bincount(truth[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
