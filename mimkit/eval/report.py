@@ -279,7 +279,8 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
                           "pretrain_minutes": None if spec is None else pre[names.index(name)]}
     rows = summarise(results, RAW, cfg.resamples, cfg.seed)
     pairs = [c for a, b in (cfg.pairs or []) for c in compare(results, a, b, cfg.resamples, cfg.seed)]
-    ft = _finetune_rows(cfg, rd, names, models, init, pre, (fit, val), subsets, rows, clock, notes) if cfg.finetune_minutes else None
+    ft = (_finetune_rows(cfg, rd, names, models, init, pre, (fit, val), subsets, rows, clock, notes)
+          if cfg.finetune_minutes else None)
     report = {"rows": rows, "data": info, "splits": splits, "encoders": encoders, "labels_per_class": sizes,
               "seed": cfg.seed, "pool": cfg.pool, "draws": cfg.draws, "resamples": cfg.resamples,
               "settings": asdict(s), "notes": list(dict.fromkeys(notes)), "finetune": ft, "pairs": pairs,
@@ -389,7 +390,8 @@ def _finetune_rows(cfg, rd, names, models, init, pre, split, subsets, rows, cloc
         chosen = tuned[(name, n)]["chosen"]
         row = {"encoder": name, "protocol": "finetune", "labels_per_class": n, "labels_used": len(rs[0]["correct"]) and
                (len(rd.train) if n is None else n * rd.num_classes),
-               "choice": chosen["trial"], "choice_acc": chosen.get("val_acc"), "recipe": chosen["recipe"], "minutes": [r["minutes"] for r in rs], "steps": [r["steps"] for r in rs]}
+               "choice": chosen["trial"], "choice_acc": chosen.get("val_acc"), "recipe": chosen["recipe"],
+               "minutes": [r["minutes"] for r in rs], "steps": [r["steps"] for r in rs]}
         if n is None:
             ci = accuracy_interval(rs[0]["correct"], cfg.resamples, cfg.seed)
             row.update(accuracy=ci["acc"], ci=[ci["lo"], ci["hi"]])
