@@ -24,8 +24,9 @@ first chooses its lr on that validation tenth by the same trials (one per base l
 trains with the best; the test canvases are read once, by the chosen setting
 (``results/fmnist_scenes_tuned.json``):
 
-    python benchmarks/fmnist_scenes.py --total 12 --share 0.5 --tune 0.25   # ~70 min alone Each finished arm is kept in ``--work`` and
-reused, so an interrupted run resumes. Writes ``results/fmnist_scenes.json`` and ``results/fmnist_scenes.png``.
+    python benchmarks/fmnist_scenes.py --total 12 --share 0.5 --tune 0.25   # ~70 min alone
+
+Each finished arm (and each finished trial) is kept in ``--work`` and reused, so an interrupted run resumes. Writes ``results/fmnist_scenes.json`` and ``results/fmnist_scenes.png``.
 """
 from __future__ import annotations
 
@@ -124,13 +125,17 @@ def arm_backbone(arm: str, args, data: Path, work: Path, mean: float, std: float
     import mimkit
     from mimkit.interop.hf_backbone import to_hf_backbone
 
+    """(backbone, UperNet minutes, layer decay, pretraining wall minutes on this clock)."""
     if arm == "mae":
+        from mimkit.train.budget import read_schedule
+
         run_dir = pretrain_mae(args, data, work, args.total * args.share, mean, std)
-        return to_hf_backbone(mimkit.load(run_dir / "model")), args.total * (1 - args.share), 0.75
+        return (to_hf_backbone(mimkit.load(run_dir / "model")), args.total * (1 - args.share), 0.75,
+                float(read_schedule(run_dir)["wall_minutes"]))
     if arm == "scratch":
         torch.manual_seed(args.seed)
-        return to_hf_backbone(mimkit.create(RECIPE, img_size=args.canvas)), args.total, 1.0
-    return to_hf_backbone(mimkit.load(ROOT / args.fmnist_model / "model", img_size=args.canvas)), args.total, 0.75
+        return to_hf_backbone(mimkit.create(RECIPE, img_size=args.canvas)), args.total, 1.0, 0.0
+    return to_hf_backbone(mimkit.load(ROOT / args.fmnist_model / "model", img_size=args.canvas)), args.total, 0.75, 0.0
 
 
 def run_arm(arm: str, args, data: Path, work: Path, splits, num_labels: int, mean: float, std: float) -> dict:
@@ -141,9 +146,7 @@ def run_arm(arm: str, args, data: Path, work: Path, splits, num_labels: int, mea
     if cache.is_file():
         print(f"== {arm}: reusing {cache.name}")
         return torch.load(cache, weights_only=True)
-    t0 = time.time()
-    backbone, minutes, layer_decay = arm_backbone(arm, args, data, work, mean, std)
-    pre_minutes = (time.time() - t0) / 60
+    backbone, minutes, layer_decay, pre_minutes = arm_backbone(arm, args, data, work, mean, std)
     (xtr, ytr), fit, val, test = splits
     blr, tuning = 1e-3, None
     if args.tune:  # the same number of trials for every arm, on the validation canvases; each kept as it ends
