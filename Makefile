@@ -20,7 +20,7 @@ demo: setup data
 FORMATTED := mimkit/files.py mimkit/data/__init__.py mimkit/data/build.py mimkit/data/fashion_mnist.py \
 	mimkit/data/images.py mimkit/data/seeds.py mimkit/data/tensors.py mimkit/data/transforms.py \
 	mimkit/tokenizer/weights.py mimkit/schedules.py mimkit/methods/__init__.py tests/test_architecture.py \
-	tests/test_committed_paths.py tests/test_schedules.py
+	tests/test_committed_paths.py tests/test_schedules.py mimkit/eval/trials.py
 
 # lint (ruff), format check, the import contracts of pyproject.toml (layers, no cycles)
 lint: setup

@@ -162,10 +162,14 @@ def child_step(spec):
     fwd = Peer.wrap(model) if spec["impl"] == "transformers" else model
     params = [p for p in fwd.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=new)
-    if new and getattr(model, "compile_training", True):  # iBOT opts out: mimkit pretrain runs it eagerly
-        from mimkit.train.speed import compile_for_training
+    parts = getattr(model, "compile_training", True)
+    if new and parts:  # as mimkit pretrain: the whole step, or the parts the model names (iBOT's encoders)
+        from mimkit.train.speed import compile_for_training, compile_methods
 
-        fwd = compile_for_training(fwd, "cpu")
+        if isinstance(parts, (tuple, list)):
+            compile_methods(model, parts, "cpu")
+        else:
+            fwd = compile_for_training(fwd, "cpu")
     inputs = step_inputs(model, spec["batch"], torch.Generator().manual_seed(0))
     times = []
     for i in range(spec["warmup"] + spec["steps"]):

@@ -46,7 +46,8 @@ OWN_RECIPES = {  # the others, timed as mimkit only (no transformers class to co
 
 def compiles(method: str) -> bool:
     """Whether the method's training step may be compiled: a model class that opts out
-    (``compile_training = False``, iBOT) is trained eagerly by ``mimkit pretrain`` and gets no compiled row."""
+    (``compile_training = False``) is trained eagerly by ``mimkit pretrain`` and gets no compiled row; one that
+    names parts (iBOT) has them compiled, as ``mimkit pretrain`` does."""
     from mimkit.registry import recipe_info
 
     return getattr(recipe_info(method)[0], "compile_training", True)

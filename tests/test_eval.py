@@ -413,3 +413,21 @@ def test_tune_finetune_chooses_on_validation_with_equal_trials_and_resumes(monke
     assert ft.tune_finetune(None, "scratch", fit_set, val_set, 2, 0.1)["chosen"]["trial"] == "base"
     with pytest.raises(ValueError, match="side must be one of"):
         ft.tune_finetune(None, "imagenet", fit_set, val_set, 2, 0.1)
+
+
+def test_best_of_trials_resumes_keeps_first_of_equals_and_rejects_none():
+    from mimkit.eval.trials import best_of_trials
+
+    ran, kept = [], []
+
+    def run(key, spec):
+        ran.append(key)
+        return {"key": key, "score": spec}
+
+    best, recs = best_of_trials([("a", 0.5), ("b", 0.7), ("c", 0.7)], run, "score", done={"a": {"key": "a", "score": 0.9}},
+                                on_trial=kept.append)
+    assert ran == ["b", "c"] and [r["key"] for r in kept] == ["b", "c"] and best["key"] == "a"
+    best, _ = best_of_trials([("x", 0.3), ("y", 0.3)], run, "score")
+    assert best["key"] == "x"
+    with pytest.raises(ValueError, match="at least one trial"):
+        best_of_trials([], run, "score")

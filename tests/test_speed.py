@@ -197,3 +197,44 @@ def test_compiled_step_draws_the_eager_masks_and_loss(recipe):
     assert torch.equal(got.mask, ref.mask)
     assert torch.allclose(got.loss, ref.loss, atol=1e-5)
     assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, (p for p in model.parameters() if p.grad is not None)))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_ibot_compiles_its_encoders_only_and_trains_as_eagerly(monkeypatch, backend):
+    """iBOT names the parts mimkit pretrain compiles (its encoders' token passes: fixed shapes); the
+    masks of changing size and the in-place centre update stay eager. The compiled model gives the eager
+    loss, gradients and new centres; state-dict keys do not change; restore puts the eager methods back."""
+    import copy
+
+    from mimkit.train import speed
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend, **kw))
+    torch.manual_seed(0)
+    model = mimkit.create("ibot_vit_tiny_patch7_28", embed_dim=16, depth=1, num_heads=2, out_dim=32, hidden_dim=16,
+                          bottleneck_dim=8).train()
+    eager = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    restore = speed.compile_methods(model, model.compile_training, "cpu")
+    assert isinstance(model.encoder.__dict__["forward_tokens"], speed.Compiled)
+    assert isinstance(model.teacher.encoder.__dict__["forward_tokens"], speed.Compiled)
+    assert list(model.state_dict()) == keys
+    g = torch.Generator().manual_seed(1)
+    x, second = torch.randn(4, 1, 28, 28, generator=g), torch.randn(4, 1, 28, 28, generator=g)
+    locals_ = [torch.randn(4, 1, 14, 14, generator=g) for _ in range(2)]
+    outs = []
+    for m in (model, eager):
+        torch.manual_seed(3)
+        out = m(x, views=[second, *locals_])
+        out.loss.backward()
+        outs.append((out, [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    (got, got_grads), (ref, ref_grads) = outs
+    assert got.mask.sum() > 0 and torch.equal(got.mask, ref.mask)
+    assert torch.allclose(got.loss, ref.loss, atol=1e-5)
+    assert len(got_grads) == len(ref_grads) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got_grads, ref_grads))
+    assert torch.allclose(model.criterion.center, eager.criterion.center, atol=1e-6)
+    assert model.criterion.center.abs().sum() > 0  # the centres moved, eagerly, once
+    restore()
+    assert "forward_tokens" not in model.encoder.__dict__ and "forward_tokens" not in model.teacher.encoder.__dict__
+    with pytest.raises(ValueError, match="not a method"):
+        speed.compile_methods(model, ["encoder.no_such_method"], "cpu")

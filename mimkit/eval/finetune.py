@@ -31,6 +31,7 @@ from ..train.budget import BudgetAware
 from . import FINETUNE_DEFAULTS  # noqa: F401  (re-exported)
 from .classifier import Classifier, layer_decay_param_groups, set_drop_path
 from .data import dataset_labels
+from .trials import best_of_trials
 
 
 class FinetuneModule(BudgetAware, L.LightningModule):
@@ -392,20 +393,15 @@ def tune_finetune(model, side: str, fit_aug, val_set, num_classes: int, minutes:
     fine-tune with, layer decay included."""
     if side not in BASE_LAYER_DECAY:
         raise ValueError(f"side must be one of {sorted(BASE_LAYER_DECAY)}, got {side!r}")
-    done = dict(done or {})
-    out = []
-    for name, over in (trials or FINETUNE_TRIALS)[side]:
-        if name not in done:
-            recipe = {"layer_decay": BASE_LAYER_DECAY[side], **over}
-            r = finetune_for_minutes(model, fit_aug, val_set, num_classes, minutes, batch_size=batch_size, seed=seed,
-                                     progress=progress, **recipe)
-            done[name] = {"side": side, "trial": name, "recipe": recipe, "minutes": round(minutes, 2),
-                          "measured_minutes": r["minutes"], "steps": r.get("steps"), "val_acc": round(float(r["acc"]), 4),
-                          "fit_images": len(fit_aug), "val_images": len(val_set)}
-            if on_trial is not None:
-                on_trial(done[name])
-        out.append(done[name])
-    best = max(out, key=lambda t: t["val_acc"])  # the first of equals: the untuned recipe wins ties
+    def run(name, over):
+        recipe = {"layer_decay": BASE_LAYER_DECAY[side], **over}
+        r = finetune_for_minutes(model, fit_aug, val_set, num_classes, minutes, batch_size=batch_size, seed=seed,
+                                 progress=progress, **recipe)
+        return {"side": side, "trial": name, "recipe": recipe, "minutes": round(minutes, 2),
+                "measured_minutes": r["minutes"], "steps": r.get("steps"), "val_acc": round(float(r["acc"]), 4),
+                "fit_images": len(fit_aug), "val_images": len(val_set)}
+
+    best, out = best_of_trials((trials or FINETUNE_TRIALS)[side], run, "val_acc", done=done, on_trial=on_trial)
     return {"chosen": {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}, "trials": out}
 
 

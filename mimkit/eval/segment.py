@@ -24,6 +24,7 @@ from torch import nn
 
 from ..schedules import warmup_cosine
 from ..train.budget import BudgetAware
+from .trials import best_of_trials
 
 IGNORE = 255
 HEADS = ("upernet", "dpt")
@@ -261,17 +262,13 @@ def tune_segmentation(backbone, train, val, num_labels: int, *, minutes: float, 
     from an earlier run) is kept; ``on_trial(trial)`` follows each new trial. ``kw`` goes to
     :func:`finetune_segmentation` (head, layer decay, seed, mean, std...). Returns ``{"chosen": {"blr",
     "val_miou"}, "trials": [...]}``; the first of equal scores wins."""
-    done = {float(k): v for k, v in (done or {}).items()}
-    trials = []
-    for blr in blrs:
-        if float(blr) not in done:
-            r = finetune_segmentation(backbone, train, None, val, num_labels, minutes=minutes, blr=float(blr), **kw)
-            done[float(blr)] = {"blr": float(blr), "val_miou": round(r["test_miou"], 4), "steps": r["steps"],
-                                "minutes": r["minutes"], "minutes_budget": minutes}
-            if on_trial is not None:
-                on_trial(done[float(blr)])
-        trials.append(done[float(blr)])
-    best = max(trials, key=lambda t: t["val_miou"])
+    def run(blr, _):
+        r = finetune_segmentation(backbone, train, None, val, num_labels, minutes=minutes, blr=blr, **kw)
+        return {"blr": blr, "val_miou": round(r["test_miou"], 4), "steps": r["steps"], "minutes": r["minutes"],
+                "minutes_budget": minutes}
+
+    best, trials = best_of_trials(((float(b), None) for b in blrs), run, "val_miou",
+                                  done={float(k): v for k, v in (done or {}).items()}, on_trial=on_trial)
     return {"chosen": {"blr": best["blr"], "val_miou": best["val_miou"]}, "trials": trials}
 
 

@@ -101,9 +101,10 @@ class IBOT(MIMModel):
 
     method = "ibot"
     frozen_parts = ("teacher", "teacher_head")
-    # the loss updates its centres in place in the forward (as the reference); a compiled backward would
-    # recompute the teacher's probabilities from the updated centre, so the training step stays eager
-    compile_training = False
+    # the loss updates its centres in place in the forward (as the reference; a compiled backward could
+    # recompute the teacher's probabilities from the updated centre) and the hidden patches change in number
+    # every step, so only the encoders' token passes (fixed shapes, most of the work) are compiled
+    compile_training = ("encoder.forward_tokens", "teacher.encoder.forward_tokens")
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,

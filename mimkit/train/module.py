@@ -330,9 +330,20 @@ class MIMModule(BudgetAware, L.LightningModule):
         is written as matmul + softmax so that inductor fuses it with its neighbours (measured in
         ``docs/speed.md``); if compiling fails (no C++ compiler, an unsupported op), training goes
         on eagerly with one warning."""
-        from .speed import Compiled
+        from .speed import Compiled, compile_methods
 
-        object.__setattr__(self, "_compiled", Compiled(self.model, device_type or self.device.type))
+        parts = getattr(self.model, "compile_training", True)
+        if isinstance(parts, (tuple, list)):  # only these methods (iBOT: its encoders' token passes)
+            object.__setattr__(self, "_uncompile", compile_methods(self.model, parts, device_type or self.device.type))
+        else:
+            object.__setattr__(self, "_compiled", Compiled(self.model, device_type or self.device.type))
+
+    def uncompile(self) -> None:
+        """Back to the eager model (after training: the model may then be copied, saved or evaluated)."""
+        object.__setattr__(self, "_compiled", None)
+        restore = self.__dict__.pop("_uncompile", None)
+        if restore is not None:
+            restore()
 
     def _forward(self, inputs: dict):
         compiled = getattr(self, "_compiled", None)

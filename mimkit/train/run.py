@@ -438,8 +438,8 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     if minutes:  # open-ended until the budget callback fixes the steps; compile when the budget is long
         module.total_steps_hint = 10**9
         long_enough = COMPILE_MIN_STEPS if float(minutes) >= COMPILE_MIN_MINUTES else 0
-    # a model may opt out (iBOT: its loss updates the teacher's centre in place during the forward, which a
-    # compiled backward that recomputes the teacher's probabilities from the centre cannot allow)
+    # a model may opt out (compile_training = False) or name the parts to compile (iBOT: its encoders' token
+    # passes; its loss updates the teacher's centres in place and its masks change size, so it stays eager)
     if should_compile(cfg["trainer"].get("compile"), long_enough, _device_type(trainer)) and \
             getattr(module.model, "compile_training", True):
         module.compile_model(_device_type(trainer))
@@ -448,6 +448,7 @@ def run_pretrain(cfg: dict, resume: str | None = None, callbacks=(), trust_check
     except MisconfigurationException as e:
         raise ValueError(f"trainer settings: {e}") from None
     finally:
+        module.uncompile()
         if shared_dir:
             os.environ.pop("MIMKIT_RUN_DIR", None)
     if trainer.is_global_zero:

@@ -10,6 +10,9 @@
   the compile time (inductor takes 30-70 s for a tiny recipe on 2 CPU cores, seconds when its cache
   is warm) and a C++ compiler is there for inductor's CPU backend.
 * :func:`short_sequence_attention`: the switch itself, for any model built on timm attention.
+* :func:`compile_methods`: ``torch.compile`` of named parts only, for a model whose whole forward does
+  not compile well (iBOT: masks of a different size in every step, and a loss that updates its centres
+  in place): its encoders' token passes, which have fixed shapes and hold most of the work.
 """
 from __future__ import annotations
 
@@ -70,22 +73,28 @@ def should_compile(setting, total_steps: int | None, device_type: str) -> bool:
     return bool(setting)
 
 
+def _short_attention_on_cpu(model: torch.nn.Module, device) -> None:
+    longest = max_tokens(model)
+    if torch.device(device or "cpu").type == "cpu" and longest is not None and longest <= MATH_ATTENTION_MAX_TOKENS:
+        short_sequence_attention(model)
+
+
 def compile_for_training(model: torch.nn.Module, device=None):
     """``torch.compile(model)`` with short-sequence attention written out on the CPU."""
-    device = torch.device(device or "cpu")
-    longest = max_tokens(model)
-    if device.type == "cpu" and longest is not None and longest <= MATH_ATTENTION_MAX_TOKENS:
-        short_sequence_attention(model)
+    _short_attention_on_cpu(model, device)
     return torch.compile(model)
 
 
 class Compiled:
-    """``model`` compiled by :func:`compile_for_training`, falling back to the eager ``model`` for good
-    (one warning) if compiling fails at a call; the failed call is repeated eagerly from the same
-    random state, so it draws the same masks and drop-path as an eager run would."""
+    """``fn`` (a model, or one of its methods) compiled, falling back to the eager ``fn`` for good (one
+    warning) if compiling fails at a call; the failed call is repeated eagerly from the same random
+    state, so it draws the same masks and drop-path as an eager run would. A model gets short-sequence
+    attention on the CPU (:func:`compile_for_training`); a method is compiled for fixed shapes."""
 
-    def __init__(self, model: torch.nn.Module, device_type: str = "cpu"):
-        self.model, self.fn = model, compile_for_training(model, device_type)
+    def __init__(self, fn, device_type: str = "cpu"):
+        self.model = fn
+        self.fn = compile_for_training(fn, device_type) if isinstance(fn, torch.nn.Module) else \
+            torch.compile(fn, dynamic=False)
 
     def __call__(self, *args, **kwargs):
         if self.fn is None:
@@ -98,6 +107,28 @@ class Compiled:
             self.fn = None
             torch.set_rng_state(state)
             return self.model(*args, **kwargs)
+
+
+def compile_methods(model: torch.nn.Module, names, device_type: str = "cpu"):
+    """Compile the methods ``names`` (dotted paths from ``model``: ``"encoder.forward_tokens"``) in place,
+    each a :class:`Compiled` with its eager fallback; state-dict keys stay unchanged. Returns a function
+    that puts the eager methods back (call it before the model is copied or used elsewhere: a copy would
+    keep calling the original's compiled method)."""
+    _short_attention_on_cpu(model, device_type)
+    patched = []
+    for name in names:
+        path, _, method = str(name).rpartition(".")
+        owner = model.get_submodule(path) if path else model
+        eager = getattr(owner, method, None)
+        if not callable(eager):
+            raise ValueError(f"compile_training names {name!r}, which is not a method of {type(model).__name__}")
+        owner.__dict__[method] = Compiled(eager, device_type)
+        patched.append((owner, method))
+
+    def restore():
+        for owner, method in patched:
+            owner.__dict__.pop(method, None)
+    return restore
 
 
 _warned = False
