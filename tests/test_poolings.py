@@ -22,7 +22,7 @@ def test_both_and_last4_pools_are_what_they_say():
     m = tiny_mae().eval()
     x = torch.randn(6, 1, 28, 28)
     feats, _ = extract_features(m, TensorDataset(x, torch.zeros(6)), frozen_pools(m), 4, progress=False)
-    assert frozen_pools(m) == ("cls", "mean", "both", "last4")
+    assert frozen_pools(m) == ("cls", "mean", "both", "last4", "tokens")
     with torch.no_grad():
         out = m.encoder(x, output_hidden_states=True)
     tok = out.last_hidden_state
@@ -35,12 +35,26 @@ def test_both_and_last4_pools_are_what_they_say():
     want = torch.cat([torch.nn.functional.layer_norm(t, t.shape[-1:])[:, 1:].mean(1) for t in outs], 1)
     assert feats["last4"].shape == (6, 4 * 32) and torch.allclose(feats["last4"], want, atol=1e-5)
     assert not m.encoder.blocks[-1]._forward_hooks  # the taps are removed afterwards
+    # tokens: every patch token of the final output (7x7 grid), layer-normalised without affine, in grid order
+    want = torch.nn.functional.layer_norm(tok, tok.shape[-1:])[:, 1:].reshape(6, 7, 7, 32).permute(0, 3, 1, 2)
+    assert feats["tokens"].shape == (6, 32 * 49) and torch.allclose(feats["tokens"], want.flatten(1), atol=1e-5)
+
+
+def test_tokens_pool_to_at_most_a_7x7_grid():
+    from mimkit.eval.features import token_map
+
+    tok = torch.randn(2, 1 + 14 * 14, 8)
+    got = token_map(tok, (14, 14), prefix=1)
+    normed = torch.nn.functional.layer_norm(tok, (8,))[:, 1:].reshape(2, 14, 14, 8).permute(0, 3, 1, 2)
+    assert got.shape == (2, 8 * 49) and torch.allclose(got, torch.nn.functional.avg_pool2d(normed, 2).flatten(1), atol=1e-5)
+    wide = token_map(torch.randn(2, 1 + 14 * 14, 768), (14, 14), prefix=1)  # a ViT-B: 3x3 cells, <= 8192 numbers
+    assert wide.shape == (2, 768 * 9)
 
 
 def test_swin_has_only_mean_pooling():
     m = mimkit.create("simmim_swin_tiny_window4_32", embed_dim=16, depths=(1, 1), num_heads=(1, 2))
     assert frozen_pools(m) == ("mean",)
-    for how in ("both", "last4"):
+    for how in ("both", "last4", "tokens"):
         with pytest.raises(ValueError, match="use pool 'mean'"):
             check_pool(m, how, frozen=True)
     with pytest.raises(ValueError, match="pool must be one of"):

@@ -109,13 +109,26 @@ def test_with_n_labels_per_class_every_choice_and_fit_reads_only_those_labels(mo
     assert per["linear"][0]["scores"] and per["logreg"][0]["choice_acc"] is not None  # chosen by cross-validation
 
 
-def test_raw_pixels_choose_between_standardised_and_unit_pixels():
-    x = torch.rand(5, 1, 4, 4)
+def test_raw_pixels_choose_among_as_many_vectors_as_an_encoder():
+    import mimkit
+    from mimkit.eval.features import frozen_pools
+
+    x, train = torch.rand(5, 1, 4, 4), torch.rand(7, 1, 4, 4)
     mean, std = (0.3,), (0.2,)
-    v = raw_vectors((x - 0.3) / 0.2, mean, std)
-    assert set(v) == {"standardised", "[0, 1]"}
+    v = raw_vectors((x - 0.3) / 0.2, mean, std, (train - 0.3) / 0.2)
+    vit = mimkit.create("mae_vit_tiny_patch4_28", embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=8,
+                        decoder_depth=1)
+    assert set(v) == {"standardised", "[0, 1]", "per-pixel z", "half", "half per-pixel z"}
+    assert len(v) == len(frozen_pools(vit))  # the same number of trials on both sides
     assert torch.allclose(v["[0, 1]"], x.flatten(1), atol=1e-6)
     assert torch.allclose(v["standardised"], ((x - 0.3) / 0.2).flatten(1))
+    t = train.flatten(1)  # per-pixel statistics come from the training images, not the images themselves
+    assert torch.allclose(v["per-pixel z"], (x.flatten(1) - t.mean(0)) / t.std(0), atol=1e-4)
+    assert v["half"].shape == (5, 4)
+    assert torch.allclose(v["half"][:, 0], ((x[:, 0, :2, :2] - 0.3) / 0.2).mean((1, 2)), atol=1e-6)
+    h = torch.nn.functional.avg_pool2d(train, 2).flatten(1)
+    assert torch.allclose(v["half per-pixel z"], (torch.nn.functional.avg_pool2d(x, 2).flatten(1) - h.mean(0)) / h.std(0),
+                          atol=1e-4)
 
 
 def test_intervals_and_verdicts():

@@ -51,9 +51,10 @@ def register(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="a single folder of class sub-folders: this fraction of each class is the test set (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the labelled subsets, the random init")
-    p.add_argument("--pool", choices=("auto", "cls", "mean", "both", "last4"), default="auto",
-                   help="frozen feature: auto (default) chooses per encoder and protocol among cls, mean, both (cls + mean) "
-                        "and last4 (the last 4 blocks) on a validation split held out of the training images")
+    p.add_argument("--pool", choices=("auto", "cls", "mean", "both", "last4", "tokens"), default="auto",
+                   help="frozen feature: auto (default) chooses per encoder and protocol among cls, mean, both (cls + mean), "
+                        "last4 (the last 4 blocks) and tokens (the map of patch tokens, at most 7x7) on a validation "
+                        "split held out of the training images")
     p.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs, all labels (default 50; more "
                                                                  "on small label sets, up to 200)")
     p.add_argument("--draws", type=int, default=3, help="scarce-label subsets drawn per N (default 3): rows are mean "

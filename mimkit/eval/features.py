@@ -1,17 +1,24 @@
 """Frozen-feature extraction shared by k-NN and the linear probe."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
 
 from ..base import feature_encoder as _encoder_of
 
 POOLS = ("cls", "mean")  # one token pooling (also the fine-tuned classifier's)
-# frozen features may also be "both" (cls and mean, concatenated) and "last4" (each of the last 4
+# frozen features may also be "both" (cls and mean, concatenated), "last4" (each of the last 4
 # blocks' outputs, layer-normalised without affine, patch tokens averaged, concatenated: intermediate
-# layers hold more of what a linear probe wants than a reconstruction-shaped last layer)
-FROZEN_POOLS = (*POOLS, "both", "last4")
+# layers hold more of what a linear probe wants than a reconstruction-shaped last layer) and "tokens"
+# (the map of patch tokens itself, layer-normalised without affine, average-pooled to at most
+# TOKEN_GRID x TOKEN_GRID cells and TOKEN_MAX_DIMS numbers, flattened: where a thing is in the image,
+# which a mean throws away; on Fashion-MNIST's 7x7 grid it is every token, 6,272 numbers for a
+# 128-wide encoder; a ViT-B/16 at 224 px gives 3x3 cells of 768)
+FROZEN_POOLS = (*POOLS, "both", "last4", "tokens")
 LAST_BLOCKS = 4
+TOKEN_GRID, TOKEN_MAX_DIMS = 7, 8192
 
 
 def has_cls_token(model) -> bool:
@@ -31,6 +38,31 @@ def check_pool(model, how: str, frozen: bool = False) -> None:
     if how == "last4" and not _uniform_blocks(model):
         raise ValueError(f"pool 'last4' needs a plain stack of transformer blocks (ViT, BEiT); "
                          f"{type(_encoder_of(model)).__name__} has none; use pool 'mean'")
+    if how == "tokens" and _token_grid(model) is None:
+        raise ValueError(f"pool 'tokens' needs the encoder's grid of patches; {type(_encoder_of(model)).__name__} "
+                         "does not give one; use pool 'mean'")
+
+
+def _token_grid(model):
+    """The encoder's ``grid(images)`` when its tokens are one per patch (ViT, BEiT), else None (Swin: its
+    last stage is a coarser grid)."""
+    enc = _encoder_of(model)
+    ok = getattr(enc, "grid_size", None) is not None and getattr(enc, "window_size", None) is None
+    return enc.grid if ok and callable(getattr(enc, "grid", None)) else None
+
+
+def token_map(tokens: torch.Tensor, grid, prefix: int, cells: int | None = None) -> torch.Tensor:
+    """(N, prefix + h*w, D) tokens -> (N, D * min(h, cells) * min(w, cells)): the patch tokens, each
+    layer-normalised without affine, average-pooled to at most ``cells`` x ``cells`` and flattened
+    (default: ``TOKEN_GRID``, fewer where D * cells^2 would pass ``TOKEN_MAX_DIMS``)."""
+    h, w = grid
+    if cells is None:
+        cells = max(1, min(TOKEN_GRID, math.isqrt(TOKEN_MAX_DIMS // tokens.shape[-1])))
+    t = torch.nn.functional.layer_norm(tokens.float(), tokens.shape[-1:])[:, prefix:]
+    t = t.reshape(len(t), h, w, -1).permute(0, 3, 1, 2)
+    if h > cells or w > cells:
+        t = torch.nn.functional.adaptive_avg_pool2d(t, (min(h, cells), min(w, cells)))
+    return t.flatten(1)
 
 
 def _uniform_blocks(model):
@@ -41,8 +73,9 @@ def _uniform_blocks(model):
 
 def frozen_pools(model) -> tuple[str, ...]:
     """The frozen-feature poolings ``model`` supports, cheapest first."""
-    cls, blocks = has_cls_token(model), _uniform_blocks(model) is not None
-    return tuple(p for p in FROZEN_POOLS if (cls or p not in ("cls", "both")) and (blocks or p != "last4"))
+    cls, blocks, grid = has_cls_token(model), _uniform_blocks(model) is not None, _token_grid(model) is not None
+    return tuple(p for p in FROZEN_POOLS if (cls or p not in ("cls", "both")) and (blocks or p != "last4")
+                 and (grid or p != "tokens"))
 
 
 def pool(tokens: torch.Tensor, how: str = "mean", cls_token: bool = True) -> torch.Tensor:
@@ -80,7 +113,6 @@ def extract_features(model, dataset, pool_how: str | tuple = "mean", batch_size:
     """Run ``model.encode`` (unmasked) over ``dataset``; returns (features (N, D) float32, labels (N,)).
     With a tuple of pool names, features is a dict {name: (N, D)} from one pass. On the CPU each batch
     is encoded ``CPU_CHUNK`` images at a time (the same features, faster)."""
-    import math
 
     from tqdm.auto import tqdm
 
@@ -113,6 +145,8 @@ def extract_features(model, dataset, pool_how: str | tuple = "mean", batch_size:
                     elif n == "last4":
                         f = torch.cat([torch.nn.functional.layer_norm(t.float(), t.shape[-1:])[:, prefix:].mean(1)
                                        for t in taps], dim=1)
+                    elif n == "tokens":
+                        f = token_map(tok, _token_grid(model)(part), prefix)
                     else:
                         f = pool(tok, n, cls)
                     feats[n].append(f.float().cpu())

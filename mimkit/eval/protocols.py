@@ -203,13 +203,32 @@ def evaluate_scarce(feats: dict, ytr, test_feats: dict, yte, draws, num_classes:
     return per
 
 
-def raw_vectors(images: torch.Tensor, mean, std) -> dict:
-    """Raw pixels as the two vectors a row of raw pixels chooses between: ``standardised`` (the images as
-    the encoder receives them: per-channel mean/std, flattened) and ``[0, 1]`` (undone)."""
+def raw_vectors(images: torch.Tensor, mean, std, train_images: torch.Tensor | None = None) -> dict:
+    """Raw pixels as the five vectors a row of raw pixels chooses among, as many as an encoder's poolings
+    (:data:`mimkit.eval.features.FROZEN_POOLS`), so that both sides get the same number of trials:
+
+    * ``standardised``: the images as the encoder receives them (per-channel mean/std), flattened;
+    * ``[0, 1]``: that undone;
+    * ``per-pixel z``: every pixel standardised by its own mean and std over ``train_images`` (the
+      training images, no labels; default ``images`` themselves), the usual preprocessing of pixels;
+    * ``half``, ``half per-pixel z``: the same two at half the resolution (2x2 means: a blur that
+      nearest neighbours on pixels often prefer)."""
+    def unit(x):
+        m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        sd = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        return x.float() * sd + m
+
+    def half(x):
+        return torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True) if min(x.shape[-2:]) >= 2 else x
+
+    def per_pixel(x, ref):
+        ref = ref.flatten(1)
+        return (x.flatten(1) - ref.mean(0)) / ref.std(0).clamp_min(1e-6)
+
     x = images.float()
-    m = torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    sd = torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return {"standardised": x.flatten(1), "[0, 1]": (x * sd + m).flatten(1)}
+    ref = x if train_images is None else train_images.float()
+    return {"standardised": x.flatten(1), "[0, 1]": unit(x).flatten(1), "per-pixel z": per_pixel(x, ref),
+            "half": half(x).flatten(1), "half per-pixel z": per_pixel(half(x), half(ref))}
 
 
 def crossover(points: dict, baseline: float, key: str = "acc") -> float | None:

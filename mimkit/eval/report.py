@@ -257,7 +257,8 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
                 progress=lambda msg: say(f"   {msg}", cfg.progress)))
             notes.extend(f"{name}: {n}" for n in dict.fromkeys(results[name]["notes"]))
 
-    run_row(RAW, "raw", lambda: (raw_vectors(rd.train.images, rd.mean, rd.std), raw_vectors(rd.test.images, rd.mean, rd.std)))
+    run_row(RAW, "raw", lambda: (raw_vectors(rd.train.images, rd.mean, rd.std),
+                                 raw_vectors(rd.test.images, rd.mean, rd.std, rd.train.images)))
     try:
         init = random_init_like(models[0], cfg.seed)
     except ValueError as e:
