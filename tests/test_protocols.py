@@ -191,3 +191,14 @@ def test_choose_without_folds_takes_the_first_setting():
     tr, ytr, _, _ = _trap()
     key, scores = choose("linear", tr, ytr, [], 3, FAST)
     assert key == "good@0.1" and scores == {}
+
+
+def test_logistic_regression_leaves_out_vectors_wider_than_its_limit():
+    from mimkit.eval.protocols import grid, logreg_vectors
+
+    s = Settings(logreg_max_dims=8, cs=(0.1, 1.0))
+    feats = {"mean": torch.zeros(4, 8), "tokens": torch.zeros(4, 64)}
+    assert logreg_vectors(feats, s) == ["mean"]
+    assert grid("logreg", feats, s) == ["mean@0.1", "mean@1"]
+    assert grid("knn", feats, s) == ["mean", "tokens"] and len(grid("linear", feats, s)) == 4
+    assert logreg_vectors({"a": torch.zeros(4, 40), "b": torch.zeros(4, 20)}, s) == ["b"]  # the narrowest stays

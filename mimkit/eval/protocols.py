@@ -41,6 +41,8 @@ class Settings:
     blrs: tuple = (0.1, 0.4)  # linear-probe base learning rates (SGD)
     cs: tuple = (0.01, 0.1, 1.0)  # logistic regression's inverse regularisation
     logreg_iters: int = 200
+    logreg_max_dims: int = 2048  # logistic regression leaves out wider vectors (scikit-learn's lbfgs in float64
+    # would take most of a row's time on the 6,272-number token map); a row whose every vector is wider keeps its narrowest
     folds: int = 3  # inside a scarce subset
     draws: int = 3  # scarce subsets drawn per N
     seed: int = 0
@@ -52,10 +54,20 @@ class Settings:
         return int(min(self.max_probe_epochs, max(self.probe_epochs, round(100_000 / max(1, n)))))
 
 
+def logreg_vectors(feats: dict, s: Settings) -> list[str]:
+    """The vectors of ``feats`` ({name: (N, D)}) logistic regression chooses among: those of at most
+    ``s.logreg_max_dims`` numbers, or the narrowest when every one is wider."""
+    ok = [v for v, x in feats.items() if x.shape[-1] <= s.logreg_max_dims]
+    return ok or [min(feats, key=lambda v: feats[v].shape[-1])]
+
+
 def grid(protocol: str, candidates, s: Settings) -> list[str]:
-    """The settings a protocol chooses among: ``vector`` or ``vector@hyper-parameter``."""
+    """The settings a protocol chooses among: ``vector`` or ``vector@hyper-parameter``; ``candidates``
+    are vector names, or {name: vectors} (then logistic regression keeps :func:`logreg_vectors`)."""
     if protocol == "knn":
         return list(candidates)
+    if protocol == "logreg" and isinstance(candidates, dict):
+        candidates = logreg_vectors(candidates, s)
     values = s.blrs if protocol == "linear" else s.cs
     return [f"{c}@{v:g}" for c in candidates for v in values]
 
@@ -125,7 +137,7 @@ def choose(protocol: str, feats: dict, ytr, splits, num_classes: int, s: Setting
         return keys[0], {}
     scores = {}
     if protocol == "logreg":  # one regularisation path per vector and split (warm starts)
-        for vec in feats:
+        for vec in logreg_vectors(feats, s):
             accs = []
             for fit, held in splits:
                 preds, ok = logistic_regression(feats[vec][fit], ytr[fit], feats[vec][held], list(s.cs), s.logreg_iters)
