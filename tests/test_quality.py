@@ -34,7 +34,8 @@ def test_curve_end_to_end_and_resume(tmp_path, capsys):
             s = p["scarce"]["5"][proto]
             assert len(s["draws"]) == 2 and s["labels_used"] == 50 and "vs_raw" in s
     raw = q["raw_pixels"]
-    assert raw["knn"]["choice"] in ("standardised", "[0, 1]") and "vs_raw" not in raw["knn"]
+    assert raw["knn"]["choice"] in ("standardised", "[0, 1]", "per-pixel z", "half", "half per-pixel z")
+    assert "vs_raw" not in raw["knn"]
     assert set(q["crossover"]["mae_vit_tiny_patch4_28"]) == {"knn", "linear", "logreg", "best_linear"}
     assert set(q["splits"]["validation"]["per_class"]) and min(q["splits"]["validation"]["per_class"].values()) > 0
     assert (tmp_path / "res" / "quality_vs_time.png").exists() and (tmp_path / "res" / "fmnist_report" / "report.md").exists()
