@@ -2,6 +2,7 @@
 (Fashion-MNIST written as PNG files; a colour folder of another size), its bad-input lines, the
 `run.report` hook of pretraining."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -306,5 +307,6 @@ def _raw(xtr, xte):
     """Raw pixels' vectors of the normalised (mean 0.5, std 0.5) grayscale images, as the report makes them."""
     from mimkit.eval.protocols import raw_vectors
 
-    xtr, xte = (x if x.ndim == 4 else x.unsqueeze(1) for x in (xtr, xte))
+    side = math.isqrt(xtr.shape[1])  # read_folder flattens square grayscale images
+    xtr, xte = (x.reshape(len(x), 1, side, side) for x in (xtr, xte))
     return raw_vectors(xtr, (0.5,), (0.5,)), raw_vectors(xte, (0.5,), (0.5,), xtr)
