@@ -1,6 +1,7 @@
 """`mimkit report`: encoders beside raw pixels and random init on a user's labelled folder of real images
 (Fashion-MNIST written as PNG files; a colour folder of another size), its bad-input lines, the
 `run.report` hook of pretraining."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -310,3 +311,25 @@ def _raw(xtr, xte):
     side = math.isqrt(xtr.shape[1])  # read_folder flattens square grayscale images
     xtr, xte = (x.reshape(len(x), 1, side, side) for x in (xtr, xte))
     return raw_vectors(xtr, (0.5,), (0.5,)), raw_vectors(xte, (0.5,), (0.5,), xtr)
+
+
+def test_raw_pixels_logistic_regression_keeps_every_vector_an_encoder_may_not(png_folder, tiny_run, monkeypatch):
+    """The width limit of logistic regression drops an encoder's wide vectors, never raw pixels': the
+    baseline gets at least the encoder's number of trials."""
+    from mimkit.eval import report as rmod
+
+    seen = {}
+    real = rmod.evaluate_row
+
+    def spy(tr, *a, s, **k):
+        seen[len(seen)] = (sorted(tr), s.logreg_max_dims)
+        return real(tr, *a, s=s, **k)
+
+    monkeypatch.setattr(rmod, "evaluate_row", spy)
+    tight = dataclasses.replace(QUICK, logreg_max_dims=64)
+    rep = build_report([str(tiny_run)], str(png_folder), None, labels_per_class=[], settings=tight, progress=False)
+    raw_vectors_seen, raw_cap = seen[0]
+    assert raw_cap is None and len(raw_vectors_seen) == 5  # raw pixels: every vector goes to logistic regression
+    assert all(cap == 64 for _, cap in list(seen.values())[1:])  # the encoders keep the limit
+    logreg = {r["encoder"]: r["choice"] for r in rep["rows"] if r["protocol"] == "logreg"}
+    assert logreg["tiny-run"].split("@")[0] != "tokens"  # the encoder's token map is wider than 64 numbers

@@ -393,6 +393,7 @@ def tune_finetune(model, side: str, fit_aug, val_set, num_classes: int, minutes:
     fine-tune with, layer decay included."""
     if side not in BASE_LAYER_DECAY:
         raise ValueError(f"side must be one of {sorted(BASE_LAYER_DECAY)}, got {side!r}")
+
     def run(name, over):
         recipe = {"layer_decay": BASE_LAYER_DECAY[side], **over}
         r = finetune_for_minutes(model, fit_aug, val_set, num_classes, minutes, batch_size=batch_size, seed=seed,

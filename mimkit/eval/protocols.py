@@ -41,8 +41,9 @@ class Settings:
     blrs: tuple = (0.1, 0.4)  # linear-probe base learning rates (SGD)
     cs: tuple = (0.01, 0.1, 1.0)  # logistic regression's inverse regularisation
     logreg_iters: int = 200
-    logreg_max_dims: int = 2048  # logistic regression leaves out wider vectors (scikit-learn's lbfgs in float64
-    # would take most of a row's time on the 6,272-number token map); a row whose every vector is wider keeps its narrowest
+    logreg_max_dims: int | None = 2048  # logistic regression leaves out an encoder's wider vectors (scikit-learn's
+    # lbfgs in float64 would take most of a row's time on the 6,272-number token map); a row whose every vector is
+    # wider keeps its narrowest. None: no limit (raw pixels: never fewer trials than an encoder)
     folds: int = 3  # inside a scarce subset
     draws: int = 3  # scarce subsets drawn per N
     seed: int = 0
@@ -56,7 +57,9 @@ class Settings:
 
 def logreg_vectors(feats: dict, s: Settings) -> list[str]:
     """The vectors of ``feats`` ({name: (N, D)}) logistic regression chooses among: those of at most
-    ``s.logreg_max_dims`` numbers, or the narrowest when every one is wider."""
+    ``s.logreg_max_dims`` numbers (all when it is None), or the narrowest when every one is wider."""
+    if s.logreg_max_dims is None:
+        return list(feats)
     ok = [v for v, x in feats.items() if x.shape[-1] <= s.logreg_max_dims]
     return ok or [min(feats, key=lambda v: feats[v].shape[-1])]
 
