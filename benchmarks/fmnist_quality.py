@@ -178,6 +178,15 @@ def row_summary(report: dict, name: str) -> dict:
     return out
 
 
+def vs_random_init(report: dict, name: str) -> dict:
+    """The point against the same recipe at random init, per protocol ("all" labels, or N per class): the
+    difference with its paired interval and verdict (``pairs`` of the report)."""
+    keep = ("diff", "lo", "hi", "verdict")
+    return {("all" if c["labels_per_class"] is None else str(c["labels_per_class"])) + f" {c['protocol']}":
+            {k: round(c[k], 4) if isinstance(c[k], float) else c[k] for k in keep if k in c}
+            for c in report.get("pairs", []) if c["a"] == name and c["b"] == "random_init"}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
@@ -202,6 +211,7 @@ def main(argv=None) -> int:
                           names=names, labels_per_class=args.labels_per_class, draws=args.draws, seed=args.seed,
                           settings=Settings(probe_epochs=args.probe_epochs), limit=args.limit, test_limit=args.test_limit,
                           finetune_minutes=args.finetune_minutes, pretrain_minutes=pre,
+                          pairs=[(n, "random_init") for n in names],  # what pretraining adds to the same ViT
                           cache_dir=Path(args.work) / "rows", progress=not args.no_progress)
     curve: dict = {}
     for name, (recipe, minutes, run_dir) in points.items():
@@ -209,7 +219,8 @@ def main(argv=None) -> int:
         curve.setdefault(recipe, {})[f"{minutes:g}"] = {
             **row_summary(report, name), "steps": s["total_steps"], "wall_minutes": s.get("wall_minutes"),
             "budget_error": round(s.get("wall_minutes", minutes) / minutes - 1, 4), "refits": len(s.get("refits", [])),
-            "seconds_per_step_first": s["seconds_per_step"], "model": models[name]}
+            "seconds_per_step_first": s["seconds_per_step"], "model": models[name],
+            "vs_random_init": vs_random_init(report, name)}
     raw = row_summary(report, "raw_pixels")
     cross = {recipe: {p: crossover({m: {"acc": v[p]["accuracy"], "verdict": v[p]["vs_raw"]["verdict"]}
                                     for m, v in pts.items() if p in v}, raw[p]["accuracy"]) for p in PROTOCOLS if p in raw}
@@ -262,6 +273,12 @@ def print_summary(result: dict, out: Path, pic: Path) -> None:
     for recipe, c in result["crossover"].items():
         print(f"crossover ({recipe}): " + ", ".join(f"{PROTOCOL_NAMES[p]} {'from %g min' % m if m else 'none'}"
                                                    for p, m in c.items()))
+    for recipe, pts in result["curve"].items():
+        for m, pt in pts.items():
+            v = pt.get("vs_random_init", {})
+            print(f"{recipe} {m} min vs random init: " + ", ".join(
+                f"{k} {100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] {d['verdict']}"
+                for k, d in v.items() if k.startswith("all ")))
     print(f"wrote {rel(out)}, {rel(pic)}, {result['report']} ({result['wall_minutes']} min)")
 
 

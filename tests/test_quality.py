@@ -31,6 +31,9 @@ def test_curve_end_to_end_and_resume(tmp_path, capsys):
             r = p[proto]
             assert r["ci"][0] <= r["accuracy"] <= r["ci"][1] and r["labels_used"] == 600
             assert r["vs_raw"]["verdict"] in ("better", "tie", "worse")
+            d = p["vs_random_init"][f"all {proto}"]  # what pretraining adds to the same ViT, paired
+            assert d["lo"] <= d["diff"] <= d["hi"] and d["verdict"] in ("better", "tie", "worse")
+            assert "5 " + proto in p["vs_random_init"]
             s = p["scarce"]["5"][proto]
             assert len(s["draws"]) == 2 and s["labels_used"] == 50 and "vs_raw" in s
     raw = q["raw_pixels"]
