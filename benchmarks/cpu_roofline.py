@@ -410,7 +410,11 @@ def main(argv=None) -> int:
                    help="measure only these rows, e.g. loop:mimkit loop:transformers_as_shipped (kinds: roof, step, "
                         "loop, profile, features, finetune)")
     p.add_argument("--out", default="results/cpu_roofline.json")
+    p.add_argument("--table", action="store_true", help="only print the tables of --out (measures nothing)")
     args = p.parse_args(argv)
+    if args.table:
+        print(tables(json.loads(Path(args.out).read_text())))
+        return 0
     sys.path.insert(0, str(ROOT))
     old = str(baseline_tree(args.baseline))
     new = str(ROOT)
@@ -481,8 +485,9 @@ def _ips(d, arm):
 
 def tables(results) -> str:
     lines = ["| recipe | MFLOP/img | sgemm 2048 / recipe mix GFLOP/s | limit img/s | step before / now / transformers img/s | "
-             "loop before / now / transformers img/s | now vs before | now vs transformers | loop GFLOP/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "loop before / now / transformers img/s | now vs before | now vs transformers | loop GFLOP/s | "
+             "loop share of limit before / now |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for recipe, r in results["recipes"].items():
         roof = r.get("roof", {})
         fpi = roof.get("flop_per_image") or float("nan")
@@ -498,8 +503,9 @@ def tables(results) -> str:
         if ls and ln:
             vs_t += f" ({ln / ls:.2f}x vs as shipped, {ls:.0f} img/s)"
         gf = f"{ln * fpi / 1e9:.0f}" if ln else "-"
+        share = " / ".join(f"{100 * v * fpi / 1e9 / mix:.0f}%" if v else "-" for v in (lb, ln))  # of the sgemm mix
         lines.append(f"| {recipe} | {fpi / 1e6:.1f} | {roof.get('sgemm_2048', '-')} / {mix} | {mix * 1e9 / fpi:.0f} | "
-                     f"{fmt(r.get('step'))} | {fmt(r.get('loop'))} | {ratio} | {vs_t} | {gf} |")
+                     f"{fmt(r.get('step'))} | {fmt(r.get('loop'))} | {ratio} | {vs_t} | {gf} | {share} |")
     lines += ["", "| recipe | features before / now img/s | speed-up | fine-tune before / now img/s | speed-up |",
               "| --- | --- | --- | --- | --- |"]
     for recipe, r in results["recipes"].items():
