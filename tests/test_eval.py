@@ -431,3 +431,21 @@ def test_best_of_trials_resumes_keeps_first_of_equals_and_rejects_none():
     assert best["key"] == "x"
     with pytest.raises(ValueError, match="at least one trial"):
         best_of_trials([], run, "score")
+
+
+def test_choice_sets_fit_on_a_view_of_the_training_rows_and_score_on_the_validation_rows():
+    from types import SimpleNamespace
+
+    from mimkit.data import TensorImages
+    from mimkit.eval.finetune import choice_sets
+    from mimkit.eval.splits import validation_split
+
+    images, labels = torch.randn(30, 1, 8, 8), torch.arange(30) % 3
+    data = SimpleNamespace(train=TensorImages(images, labels))
+    fit_rows, val_rows = validation_split(labels, 0.2, seed=0)
+    fit, val = choice_sets(data, fit_rows, val_rows)
+    assert fit.dataset.images is images  # no copy of the training images
+    assert len(fit) == len(fit_rows) and len(val) == len(val_rows) == 6
+    assert sorted(fit.indices) == fit_rows.tolist() and not set(fit.indices) & set(val_rows.tolist())
+    assert torch.equal(val.labels, labels[val_rows]) and torch.equal(val.images, images[val_rows])
+    assert fit[0][0].shape == (1, 8, 8) and int(fit[0][1]) == int(labels[fit_rows[0]])  # augmented, its own label

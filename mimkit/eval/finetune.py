@@ -342,21 +342,18 @@ def load_classifier(out_dir) -> Classifier:
     return clf.eval()
 
 
-def finetune_augmented(data, crop_scale=(0.8, 1.0), hflip: bool = True, rows=None):
-    """The training images (``data.train``, or those of its ``rows``) with fine-tuning augmentation
-    (random resized crop + flip) on the already-normalised tensors."""
+def finetune_augmented(data, crop_scale=(0.8, 1.0), hflip: bool = True):
+    """The training images with fine-tuning augmentation (random resized crop + flip) on the
+    already-normalised tensors."""
     from torchvision.transforms import InterpolationMode, v2
 
     from ..data import TensorImages
 
-    images, labels = data.train.images, data.train.labels
-    if rows is not None:
-        images, labels = images[rows], labels[rows]
-    size = images.shape[-1]
+    size = data.train.images.shape[-1]
     t = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True)]
     if hflip:
         t.append(v2.RandomHorizontalFlip())
-    return TensorImages(images, labels, v2.Compose(t))
+    return TensorImages(data.train.images, data.train.labels, v2.Compose(t))
 
 
 #: The equal-trial search of fine-tuning recipes (:func:`tune_finetune`): (name, changes to the base recipe) per
@@ -374,11 +371,15 @@ BASE_LAYER_DECAY = {"pretrained": 0.75, "scratch": 1.0}
 
 def choice_sets(data, fit_rows, val_rows, crop_scale=(0.8, 1.0)):
     """(augmented fit set, validation set) of the labelled training rows of ``data`` that choose a
-    fine-tuning recipe (:func:`tune_finetune`); the rows come from :func:`mimkit.eval.splits.validation_split`."""
+    fine-tuning recipe (:func:`tune_finetune`); the rows come from :func:`mimkit.eval.splits.validation_split`.
+    The fit set is a view of the training images (augmented item by item, as the whole set is); only the
+    validation rows are gathered, so that scoring them reads whole batches."""
+    from torch.utils.data import Subset
+
     from ..data import TensorImages
 
     val_rows = torch.as_tensor(val_rows).long()
-    return (finetune_augmented(data, crop_scale, rows=torch.as_tensor(fit_rows).long()),
+    return (Subset(finetune_augmented(data, crop_scale), torch.as_tensor(fit_rows).long().tolist()),
             TensorImages(data.train.images[val_rows], data.train.labels[val_rows]))
 
 
