@@ -449,3 +449,18 @@ def test_choice_sets_fit_on_a_view_of_the_training_rows_and_score_on_the_validat
     assert sorted(fit.indices) == fit_rows.tolist() and not set(fit.indices) & set(val_rows.tolist())
     assert torch.equal(val.labels, labels[val_rows]) and torch.equal(val.images, images[val_rows])
     assert fit[0][0].shape == (1, 8, 8) and int(fit[0][1]) == int(labels[fit_rows[0]])  # augmented, its own label
+
+
+def test_finetune_for_minutes_reads_the_test_set_once_and_keeps_which_images_it_got_right(monkeypatch):
+    """The per-image correctness comes from the same single test pass that gives the accuracy (no second
+    prediction pass), and it equals the fine-tuned classifier's own predictions."""
+    from mimkit.eval import finetune as ft
+
+    train, test = _stripes(64, 0), _stripes(40, 1)
+    calls = []
+    real = ft.classifier_predictions
+    monkeypatch.setattr(ft, "classifier_predictions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = ft.finetune_for_minutes(tiny_mae(), train, test, 2, 0.05, batch_size=16, progress=False, keep_classifier=True)
+    assert not calls and r["correct"].dtype == torch.bool and r["correct"].shape == (40,)
+    assert float(r["correct"].float().mean()) == pytest.approx(r["acc"], abs=1e-6)
+    assert torch.equal(r["correct"], real(r["classifier"], test) == test.tensors[1])

@@ -30,7 +30,6 @@ from ..schedules import warmup_cosine
 from ..train.budget import BudgetAware
 from . import FINETUNE_DEFAULTS  # noqa: F401  (re-exported)
 from .classifier import Classifier, layer_decay_param_groups, set_drop_path
-from .data import dataset_labels
 from .trials import best_of_trials
 
 
@@ -41,6 +40,7 @@ class FinetuneModule(BudgetAware, L.LightningModule):
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0, mixup: float = 0.0, cutmix: float = 0.0,
                  label_smoothing: float = 0.0, betas=(0.9, 0.999)):
         super().__init__()
+        self.test_correct: list = []  # filled by the final pass over the test set (finetune(keep_correct=True))
         self.classifier = classifier
         self.lr, self.min_lr, self.weight_decay, self.layer_decay = lr, min_lr, weight_decay, layer_decay
         self.warmup_epochs, self.betas = warmup_epochs, tuple(betas)
@@ -110,7 +110,10 @@ class FinetuneModule(BudgetAware, L.LightningModule):
         logits = self.classifier(x)
         bs = x.shape[0]
         self.log("val/loss", self.eval_loss(logits.float(), y), batch_size=bs, on_epoch=True)
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), batch_size=bs, on_epoch=True, prog_bar=True)
+        hit = logits.argmax(1) == y
+        self.log("val/acc", hit.float().mean(), batch_size=bs, on_epoch=True, prog_bar=True)
+        if self.trainer.state.fn == "validate":  # the one pass over the test set after training
+            self.test_correct.append(hit.cpu())
 
 
 class KeepBest(L.Callback):
@@ -197,7 +200,8 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              cutmix: float = 0.0, label_smoothing: float = 0.1, warmup_epochs: float = 1.0, seed: int = 0,
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
-             compile=False, val_dataset=None, patience: int | None = None, minutes: float | None = None):
+             compile=False, val_dataset=None, patience: int | None = None, minutes: float | None = None,
+             keep_correct: bool = False):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
@@ -213,7 +217,8 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     schedule, as ``mimkit pretrain --minutes`` (:mod:`mimkit.train.budget`: warm-up, then a cosine timed
     to end at the budget and re-fitted when the machine's speed changes); ``epochs`` is then ignored.
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy (and, with
-    ``val_dataset``, ``val_acc`` and ``best_epoch``)."""
+    ``val_dataset``, ``val_acc`` and ``best_epoch``; with ``keep_correct``, ``correct``: a bool per test
+    image, from the same single pass over the test set)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if len(train_dataset) < batch_size:
@@ -281,6 +286,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
             module.classifier.load_state_dict(best.state)
         trainer.limit_val_batches = 1.0
         t1 = time.time()
+        module.test_correct = []
         metrics = trainer.validate(module, test_loader, verbose=False)[0]
     hist = module.loss_history
     steps_per_epoch = max(1, len(train_loader))
@@ -303,6 +309,8 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     classifier = module.classifier.cpu().eval()
     if out_dir is not None:
         save_classifier(classifier, out_dir, model, results)
+    if keep_correct:  # which test images it got right (in order), for paired intervals; not in finetune.json
+        results["correct"] = torch.cat(module.test_correct)
     return classifier, results
 
 
@@ -418,7 +426,6 @@ def finetune_for_minutes(model, train_aug, test, num_classes: int, minutes: floa
     batch_size = max(2, min(int(batch_size), len(train_aug)))
     clf, res = finetune(model, train_aug, test, num_classes, pool=pool, epochs=1, batch_size=batch_size, blr=blr,
                         layer_decay=layer_decay, drop_path=drop_path, label_smoothing=label_smoothing,
-                        warmup_epochs=0.1, seed=seed, progress=progress, minutes=minutes, **kw)
-    correct = classifier_predictions(clf, test) == dataset_labels(test)
-    return {**res, "minutes": round(res["fit_seconds"] / 60, 2), "correct": correct,
+                        warmup_epochs=0.1, seed=seed, progress=progress, minutes=minutes, keep_correct=True, **kw)
+    return {**res, "minutes": round(res["fit_seconds"] / 60, 2),
             **({"classifier": clf} if keep_classifier else {})}
