@@ -19,12 +19,20 @@ on the same ViT (MAE tiny's encoder at 56 px, patch 4: a 14x14 grid) read on the
 Every arm uses one recipe (AdamW, blr 1e-3, batch 32, random flips; layer decay 0.75 on pretrained
 encoders, 1.0 from scratch); mIoU on a tenth of the training canvases (validation) is recorded during
 training, and the verdicts are paired bootstrap intervals over the test canvases. With ``--tune F`` each arm
-first chooses its lr on that validation tenth by the same trials (one per base lr of
-``mimkit.eval.segment.SEGMENTATION_BLRS``, each ``F`` of the arm's UperNet minutes, kept as they end) and
-trains with the best; the test canvases are read once, by the chosen setting
+first makes its choices on that validation tenth by the same number of trials, each ``F`` of the UperNet
+minutes it stands for and kept as it ends: one per base lr of ``--blrs`` (default
+``mimkit.eval.segment.SEGMENTATION_BLRS``) on the arm's default pipeline, then one for its other pipeline at
+the lr chosen there (:func:`mimkit.eval.segment.tune_segmentation_options`):
+
+* ``mae``: the pretraining share, ``--share`` (default) or ``--alt-share`` of the total;
+* ``fmnist``: the encoder as downloaded, or continued by MAE on the canvases (``run.init``) for ``--share``
+  of the total;
+* ``scratch``: layer decay 1 (default) or 0.75.
+
+It trains the chosen setting on the arm's clock, and the test canvases are read once, by that setting
 (``results/fmnist_scenes_tuned.json``):
 
-    python benchmarks/fmnist_scenes.py --total 12 --share 0.5 --tune 0.25   # ~70 min alone
+    python benchmarks/fmnist_scenes.py --total 12 --share 0.5 --tune 0.25   # ~100 min alone
 
 Each finished arm (and each finished trial) is kept in ``--work`` and reused, so an interrupted run resumes. Writes ``results/fmnist_scenes.json`` and ``results/fmnist_scenes.png``.
 """
@@ -48,6 +56,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--total", type=float, default=12.0, help="minutes per arm, pretraining included (default 12)")
     p.add_argument("--share", type=float, default=0.5, help="the MAE arm's pretraining share of --total (default 0.5)")
+    p.add_argument("--alt-share", type=float, default=0.75,
+                   help="with --tune, the MAE arm's other pretraining share, tried on validation (default 0.75)")
+    p.add_argument("--blrs", type=lambda t: tuple(float(v) for v in t.split(",")), default=None,
+                   help="with --tune, the base lrs tried (default mimkit.eval.segment.SEGMENTATION_BLRS)")
     p.add_argument("--canvas", type=int, default=56)
     p.add_argument("--train", type=int, default=6000, help="training canvases (default 6000)")
     p.add_argument("--test", type=int, default=1000, help="test canvases (default 1000)")
@@ -65,8 +77,12 @@ def parse_args(argv=None):
         p.error(f"--tune is a fraction in [0, 1], got {args.tune}")
     if args.tune and args.out == "results/fmnist_scenes.json":
         args.out = "results/fmnist_scenes_tuned.json"
-    if not 0 < args.share < 1:
-        p.error(f"--share is a fraction in (0, 1), got {args.share}")
+    if not (0 < args.share < 1 and 0 < args.alt_share < 1):
+        p.error(f"--share and --alt-share are fractions in (0, 1), got {args.share} and {args.alt_share}")
+    if args.blrs is None:
+        from mimkit.eval.segment import SEGMENTATION_BLRS
+
+        args.blrs = SEGMENTATION_BLRS
     return args
 
 
@@ -103,76 +119,112 @@ def build_data(args, work: Path) -> Path:
     return data
 
 
-def pretrain_mae(args, data: Path, work: Path, minutes: float, mean: float, std: float) -> Path:
+def pretrain_mae(args, data: Path, work: Path, minutes: float, mean: float, std: float, init: Path | None = None) -> Path:
+    """MAE on the training canvases without labels for ``minutes`` budget-true minutes (from ``init``'s encoder
+    when given, positions resized), or the finished run of the same settings."""
     from mimkit.train import load_config, run_pretrain
     from mimkit.train.budget import read_schedule
 
-    run_dir = work / f"mae_pretrain_{minutes:g}min"
+    run_dir = work / (f"mae_pretrain_{minutes:g}min" + ("_init_fmnist" if init is not None else ""))
     sched = read_schedule(run_dir) if run_dir.is_dir() else None
     if sched and sched.get("finished_at_step") == sched.get("total_steps") and (run_dir / "model").is_dir():
-        print(f"== mae: reusing the finished {minutes:g}-minute pretraining in {run_dir.name}")
+        print(f"== reusing the finished {minutes:g}-minute MAE pretraining in {run_dir.name}")
         return run_dir
     ov = [f"run.dir={run_dir}", f"run.seed={args.seed}", "run.recon_images=0", f"trainer.max_minutes={minutes}",
           f"trainer.enable_progress_bar={not args.no_progress}", "data.name=image_folder",
           f"data.root={data / 'images' / 'training'}", f"data.img_size={args.canvas}", f"model.img_size={args.canvas}",
           f"data.mean=[{mean}]", f"data.std=[{std}]", "data.batch_size=128"]
-    print(f"== mae: pretraining on the training canvases (no labels), {minutes:g} budget-true minutes ==", flush=True)
+    if init is not None:
+        ov.append(f"run.init={init}")
+    print(f"== MAE on the training canvases (no labels), {minutes:g} budget-true minutes"
+          f"{' from the Fashion-MNIST encoder' if init is not None else ''} ==", flush=True)
     run_pretrain(load_config(ROOT / "configs" / f"{RECIPE}.yaml", ov))
     return run_dir
 
 
-def arm_backbone(arm: str, args, data: Path, work: Path, mean: float, std: float):
+def arm_options(arm: str, args, data: Path, work: Path, mean: float, std: float) -> list[dict]:
+    """An arm's pipelines, the default first: ``{"name", "share" (of --total spent pretraining on the
+    canvases), "minutes" (UperNet's), "layer_decay", "backbone" (builds it; pretrains first where needed),
+    "pretrain_dir"}``. With --tune each arm tries its lrs on the default, then its other option at the
+    chosen lr: the same number of trials for every arm."""
     import mimkit
     from mimkit.interop.hf_backbone import to_hf_backbone
 
-    """(backbone, UperNet minutes, layer decay, pretraining wall minutes on this clock)."""
-    if arm == "mae":
-        from mimkit.train.budget import read_schedule
+    def option(name, share, layer_decay, build, pretrain_dir=None):
+        return {"name": name, "share": share, "minutes": args.total * (1 - share), "layer_decay": layer_decay,
+                "backbone": build, "pretrain_dir": pretrain_dir}
 
-        run_dir = pretrain_mae(args, data, work, args.total * args.share, mean, std)
-        return (to_hf_backbone(mimkit.load(run_dir / "model")), args.total * (1 - args.share), 0.75,
-                float(read_schedule(run_dir)["wall_minutes"]))
-    if arm == "scratch":
-        torch.manual_seed(args.seed)
-        return to_hf_backbone(mimkit.create(RECIPE, img_size=args.canvas)), args.total, 1.0, 0.0
-    return to_hf_backbone(mimkit.load(ROOT / args.fmnist_model / "model", img_size=args.canvas)), args.total, 0.75, 0.0
+    def pretrained(share, init=None):
+        def build():
+            return to_hf_backbone(mimkit.load(pretrain_mae(args, data, work, args.total * share, mean, std, init) / "model"))
+        tail = "_init_fmnist" if init is not None else ""
+        return build, work / f"mae_pretrain_{args.total * share:g}min{tail}"
+
+    if arm == "mae":  # the pretraining share of the clock
+        return [option(f"share {s:g}", s, 0.75, *pretrained(s)) for s in dict.fromkeys((args.share, args.alt_share))]
+    if arm == "scratch":  # nothing to pretrain: the other knob is layer decay
+        def fresh():
+            torch.manual_seed(args.seed)
+            return to_hf_backbone(mimkit.create(RECIPE, img_size=args.canvas))
+        return [option("layer decay 1", 0.0, 1.0, fresh), option("layer decay 0.75", 0.0, 0.75, fresh)]
+    fmnist = ROOT / args.fmnist_model / "model"  # as downloaded, or continued on the canvases for share x total
+
+    def transfer():
+        return to_hf_backbone(mimkit.load(fmnist, img_size=args.canvas))
+    return [option("transfer", 0.0, 0.75, transfer), option(f"continue {args.share:g}", args.share, 0.75,
+                                                            *pretrained(args.share, init=fmnist))]
+
+
+def _pretrain_minutes(opt: dict) -> float:
+    from mimkit.train.budget import read_schedule
+
+    return float(read_schedule(opt["pretrain_dir"])["wall_minutes"]) if opt["pretrain_dir"] is not None else 0.0
 
 
 def run_arm(arm: str, args, data: Path, work: Path, splits, num_labels: int, mean: float, std: float) -> dict:
-    from mimkit.eval.segment import finetune_segmentation, tune_segmentation
+    from mimkit.eval.segment import finetune_segmentation, tune_segmentation_options
 
-    tag = f"{args.total:g}min_share{args.share:g}" + (f"_tune{args.tune:g}" if args.tune else "")
-    cache = work / f"arm_{arm}_{tag}.pt"
-    if cache.is_file():
-        print(f"== {arm}: reusing {cache.name}")
-        return torch.load(cache, weights_only=True)
-    backbone, minutes, layer_decay, pre_minutes = arm_backbone(arm, args, data, work, mean, std)
+    options = arm_options(arm, args, data, work, mean, std)
     (xtr, ytr), fit, val, test = splits
-    blr, tuning = 1e-3, None
+    chosen, tuning = {"option": options[0]["name"], "blr": 1e-3}, None
+    tag = f"{args.total:g}min_share{args.share:g}" + (f"_tune{args.tune:g}" if args.tune else "")
     if args.tune:  # the same number of trials for every arm, on the validation canvases; each kept as it ends
         log = work / f"trials_{arm}_{tag}.jsonl"
-        done = {t["blr"]: t for t in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
+        kept = map(json.loads, log.read_text().splitlines()) if log.is_file() else []
+        done = {(t.get("option", options[0]["name"]), t["blr"]): t for t in kept}
 
         def keep(t):
             with log.open("a") as f:
                 f.write(json.dumps(t) + "\n")
-            print(f"== {arm}: trial blr {t['blr']:g}: validation mIoU {t['val_miou']:.4f} ({t['steps']} steps)",
-                  flush=True)
-        tuning = tune_segmentation(backbone, (xtr[fit], ytr[fit]), (xtr[val], ytr[val]), num_labels,
-                                   minutes=args.tune * minutes, done=done, on_trial=keep, layer_decay=layer_decay,
-                                   seed=args.seed, mean=mean, std=std, progress=not args.no_progress)
-        blr = tuning["chosen"]["blr"]
-    print(f"== {arm}: UperNet for {minutes:g} budget-true minutes (blr {blr:g}, layer decay {layer_decay}) ==",
-          flush=True)
-    res = finetune_segmentation(backbone, (xtr[fit], ytr[fit]), (xtr[val], ytr[val]), test, num_labels,
-                                minutes=minutes, blr=blr, layer_decay=layer_decay, seed=args.seed, mean=mean, std=std,
-                                progress=not args.no_progress)
-    res.pop("segmenter")
-    res.update(arm=arm, pretrain_minutes=round(pre_minutes, 2), total_minutes=round(pre_minutes + res["minutes"], 2),
-               blr=blr, **({"tuning": tuning} if tuning else {}))
-    tmp = cache.with_suffix(".tmp")
-    torch.save(res, tmp)
-    tmp.replace(cache)
+            print(f"== {arm}: trial {t['option']}, blr {t['blr']:g}: validation mIoU {t['val_miou']:.4f} "
+                  f"({t['steps']} steps)", flush=True)
+        tuning = tune_segmentation_options(options, (xtr[fit], ytr[fit]), (xtr[val], ytr[val]), num_labels,
+                                           fraction=args.tune, blrs=args.blrs, done=done, on_trial=keep,
+                                           seed=args.seed, mean=mean, std=std, progress=not args.no_progress)
+        chosen = tuning["chosen"]
+    opt = next(o for o in options if o["name"] == chosen["option"])
+    slug = opt["name"].replace(" ", "")
+    cache = work / f"final_{arm}_{tag}_{slug}_blr{chosen['blr']:g}.pt"  # the test set is read once per final setting
+    if cache.is_file():
+        print(f"== {arm}: reusing {cache.name}")
+        res = torch.load(cache, weights_only=True)
+    else:
+        print(f"== {arm}: {opt['name']}, UperNet for {opt['minutes']:g} budget-true minutes (blr {chosen['blr']:g}, "
+              f"layer decay {opt['layer_decay']}) ==", flush=True)
+        res = finetune_segmentation(opt["backbone"](), (xtr[fit], ytr[fit]), (xtr[val], ytr[val]), test, num_labels,
+                                    minutes=opt["minutes"], blr=chosen["blr"], layer_decay=opt["layer_decay"],
+                                    seed=args.seed, mean=mean, std=std, progress=not args.no_progress)
+        res.pop("segmenter")
+        tmp = cache.with_suffix(".tmp")
+        torch.save(res, tmp)
+        tmp.replace(cache)
+    tried = {t["option"] for t in (tuning or {}).get("trials", [])} | {opt["name"]}
+    pre = _pretrain_minutes(opt)
+    res.update(arm=arm, option=opt["name"], share=opt["share"], pretrain_minutes=round(pre, 2),
+               total_minutes=round(pre + res["minutes"], 2), blr=chosen["blr"], layer_decay=opt["layer_decay"],
+               # every pretraining this arm ran, the one chosen or not (it is spent either way)
+               pretrain_minutes_all=round(sum(_pretrain_minutes(o) for o in options if o["name"] in tried), 2),
+               **({"tuning": tuning} if tuning else {}))
     return res
 
 
@@ -202,7 +254,7 @@ def main(argv=None) -> int:
         rows[a] = {**{k: v for k, v in r.items() if k not in ("inter", "union", "pred")},
                    "test_miou": round(ci["miou"], 4), "ci": [round(ci["lo"], 4), round(ci["hi"], 4)],
                    "trial_minutes": round(trials, 2),  # the lr search on validation, outside the arm's clock
-                   "measured_minutes": round(r["pretrain_minutes"] + trials + r["minutes"], 2)}
+                   "measured_minutes": round(r["pretrain_minutes_all"] + trials + r["minutes"], 2)}
     pairs = {}
     for a in ("mae", "fmnist"):
         if a in results and "scratch" in results:
@@ -219,10 +271,10 @@ def main(argv=None) -> int:
            "picture": str(pic.relative_to(ROOT))}
     path = ROOT / args.out
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| arm | minutes (pretrain + UperNet) | blr | steps | val mIoU | test mIoU [95%] |\n"
-          "| --- | --- | --- | --- | --- | --- |")
+    print("\n| arm | chosen | minutes (pretrain + UperNet) | blr | steps | val mIoU | test mIoU [95%] |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     for a, r in rows.items():
-        print(f"| {a} | {r['pretrain_minutes']} + {r['minutes']} | {r.get('blr', 1e-3):g} | {r['steps']} | "
+        print(f"| {a} | {r['option']} | {r['pretrain_minutes']} + {r['minutes']} | {r.get('blr', 1e-3):g} | {r['steps']} | "
               f"{r['val_miou']:.4f} | "
               f"{r['test_miou']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] |")
     for k, d in pairs.items():

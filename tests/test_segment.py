@@ -121,3 +121,41 @@ def test_tune_segmentation_trains_a_real_head_briefly():
                             channels=16, batch_size=4, progress=False)
     assert [t["blr"] for t in got["trials"]] == [1e-3, 1e-2] and all(t["steps"] >= 1 for t in got["trials"])
     assert got["chosen"]["val_miou"] == max(t["val_miou"] for t in got["trials"]) and 0 <= got["chosen"]["val_miou"] <= 1
+
+
+def test_tune_segmentation_options_tries_the_lrs_then_each_other_option_at_the_chosen_lr(monkeypatch):
+    """len(blrs) + len(options) - 1 trials: every lr on the default option, then the other options at the lr
+    chosen there, each with its own backbone (built only when it runs), layer decay and minutes; an option
+    better on validation is chosen; kept trials are not run again (old records without an option are the
+    default's)."""
+    from mimkit.eval import segment
+
+    x, y = scenes(12)
+    fit, val = (x[:8], y[:8]), (x[8:], y[8:])
+    calls, built = [], []
+    score = {("a", 4e-3): 0.40, ("b", 4e-3): 0.45}
+
+    def fake(backbone, train, during, scored, num_labels, *, minutes, blr, layer_decay, **kw):
+        calls.append((backbone, minutes, blr, layer_decay))
+        assert train is fit and during is None and scored is val
+        return {"test_miou": score.get((backbone, blr), 0.3), "steps": 3, "minutes": minutes}
+
+    def make(name):
+        return lambda: built.append(name) or name
+
+    opts = [{"name": "a", "backbone": make("a"), "minutes": 8.0, "layer_decay": 1.0},
+            {"name": "b", "backbone": make("b"), "minutes": 4.0, "layer_decay": 0.75}]
+    monkeypatch.setattr(segment, "finetune_segmentation", fake)
+    blrs = (1e-3, 4e-3, 1.6e-2)
+    got = segment.tune_segmentation_options(opts, fit, val, 3, fraction=0.25, blrs=blrs)
+    assert [(c[0], c[2]) for c in calls] == [("a", b) for b in blrs] + [("b", 4e-3)]
+    assert [c[1] for c in calls] == [2.0, 2.0, 2.0, 1.0] and [c[3] for c in calls] == [1.0, 1.0, 1.0, 0.75]
+    assert built == ["a", "b"] and len(got["trials"]) == len(blrs) + 1
+    assert got["chosen"] == {"option": "b", "blr": 4e-3, "val_miou": 0.45}
+    score[("b", 4e-3)] = 0.35  # the other option worse: the default's best stays
+    calls.clear()
+    old = {("a", t["blr"]): {k: v for k, v in t.items() if k != "option"} for t in got["trials"][:3]}
+    again = segment.tune_segmentation_options(opts, fit, val, 3, fraction=0.25, blrs=blrs, done=old)
+    assert calls == [("b", 1.0, 4e-3, 0.75)] and again["chosen"] == {"option": "a", "blr": 4e-3, "val_miou": 0.4}
+    with pytest.raises(ValueError, match="must differ"):
+        segment.tune_segmentation_options(opts + opts[:1], fit, val, 3, fraction=0.25)

@@ -251,25 +251,59 @@ def finetune_segmentation(backbone, train, val, test, num_labels: int, *, minute
 
 
 #: The learning rates an equal-trial search tries for a dense head (:func:`tune_segmentation`), per arm.
-SEGMENTATION_BLRS = (1e-3, 4e-3, 1.6e-2)
+SEGMENTATION_BLRS = (1e-3, 4e-3, 1.6e-2, 6.4e-2)
 
 
 def tune_segmentation(backbone, train, val, num_labels: int, *, minutes: float, blrs=SEGMENTATION_BLRS,
-                      done: dict | None = None, on_trial=None, **kw) -> dict:
+                      done: dict | None = None, on_trial=None, layer_decay: float = 0.75, **kw) -> dict:
     """Choose a dense head's learning rate on a validation split: one budget-true trial of ``minutes`` per
     base lr in ``blrs`` (the same count for every backbone compared), trained on ``train`` and scored (mIoU)
     on ``val``, which takes the test set's place, so that no test image is read. ``done`` ({blr: trial}
     from an earlier run) is kept; ``on_trial(trial)`` follows each new trial. ``kw`` goes to
-    :func:`finetune_segmentation` (head, layer decay, seed, mean, std...). Returns ``{"chosen": {"blr",
-    "val_miou"}, "trials": [...]}``; the first of equal scores wins."""
-    def run(blr, _):
-        r = finetune_segmentation(backbone, train, None, val, num_labels, minutes=minutes, blr=blr, **kw)
-        return {"blr": blr, "val_miou": round(r["test_miou"], 4), "steps": r["steps"], "minutes": r["minutes"],
-                "minutes_budget": minutes}
+    :func:`finetune_segmentation` (head, seed, mean, std...). Returns ``{"chosen": {"blr", "val_miou"},
+    "trials": [...]}``; the first of equal scores wins. (:func:`tune_segmentation_options` with one option.)"""
+    only = {"name": "default", "backbone": lambda: backbone, "minutes": minutes, "layer_decay": layer_decay}
+    got = tune_segmentation_options([only], train, val, num_labels, fraction=1.0, blrs=blrs, on_trial=on_trial,
+                                    done={("default", b): t for b, t in (done or {}).items()}, **kw)
+    return {"chosen": {k: got["chosen"][k] for k in ("blr", "val_miou")}, "trials": got["trials"]}
 
-    best, trials = best_of_trials(((float(b), None) for b in blrs), run, "val_miou",
-                                  done={float(k): v for k, v in (done or {}).items()}, on_trial=on_trial)
-    return {"chosen": {"blr": best["blr"], "val_miou": best["val_miou"]}, "trials": trials}
+
+def tune_segmentation_options(options: list[dict], train, val, num_labels: int, *, fraction: float,
+                              blrs=SEGMENTATION_BLRS, done: dict | None = None, on_trial=None, **kw) -> dict:
+    """Choose a dense head's learning rate *and* one of an arm's ``options`` on a validation split, with
+    ``len(blrs) + len(options) - 1`` trials (the same count for every arm with as many options): first every
+    base lr on ``options[0]`` (the default, as :func:`tune_segmentation`), then each other option at the lr
+    chosen there. An option is ``{"name", "backbone": a callable that builds its backbone (called only when
+    one of its trials runs), "minutes": the head's budget under it, "layer_decay"}``; each trial trains
+    ``fraction`` of its option's minutes on ``train`` and is scored (mIoU) on ``val``. ``done`` (``{(name,
+    blr): trial}``) is kept; ``on_trial(trial)`` follows each new trial. Returns ``{"chosen": {"option",
+    "blr", "val_miou"}, "trials": [...]}``; the first of equal scores wins (the default option, then the
+    smaller lr)."""
+    if not options:
+        raise ValueError("tune_segmentation_options needs at least one option")
+    by_name, built = {o["name"]: o for o in options}, {}
+    if len(by_name) != len(options):
+        raise ValueError(f"option names must differ, got {[o['name'] for o in options]}")
+
+    def run(key, _):
+        name, blr = key
+        opt = by_name[name]
+        if name not in built:
+            built[name] = opt["backbone"]()
+        minutes = fraction * opt["minutes"]
+        r = finetune_segmentation(built[name], train, None, val, num_labels, minutes=minutes, blr=blr,
+                                  layer_decay=opt["layer_decay"], **kw)
+        return {"option": name, "blr": blr, "val_miou": round(r["test_miou"], 4), "steps": r["steps"],
+                "minutes": r["minutes"], "minutes_budget": minutes}
+
+    done = {(str(k[0]), float(k[1])): {"option": str(k[0]), **v} for k, v in (done or {}).items()}
+    first, trials = best_of_trials((((options[0]["name"], float(b)), None) for b in blrs), run, "val_miou",
+                                   done=done, on_trial=on_trial)
+    rest = [((o["name"], first["blr"]), None) for o in options[1:]]
+    best, more = best_of_trials(rest, run, "val_miou", done=done, on_trial=on_trial) if rest else (first, [])
+    best = first if first["val_miou"] >= best["val_miou"] else best
+    return {"chosen": {"option": best["option"], "blr": best["blr"], "val_miou": best["val_miou"]},
+            "trials": trials + more}
 
 
 def _confusion(pred, truth, k: int) -> torch.Tensor:
