@@ -23,6 +23,14 @@ MINUTES, pretrained MINUTES * (T - P) / T. Each finished trial is a line of ``re
 ``--recipes that.json`` then runs the two arms with the chosen recipes.
 
     python benchmarks/finetune_shared.py --total 30 --tune 4
+
+**The pretraining share** (``--alt-model``, another curve model, e.g. the 7.5-minute point beside the default
+15): after the search above, each side runs one more trial at the recipe it chose, so the counts stay equal:
+the pretrained side with the other model (fine-tuned for T minus *its* pretraining, trial minutes scaled
+alike), scratch with its learning rate doubled. A trial better on validation than the side's first choice
+replaces it; ``--recipes`` then runs the pretrained arm from the model chosen.
+
+    python benchmarks/finetune_shared.py --total 30 --tune 3 --alt-model results/curve/mae_vit_tiny_patch4_28-7.5min
     python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
 """
 
@@ -62,9 +70,15 @@ def main(argv=None) -> int:
         help="run the equal-trial recipe search on the validation split (scratch trials MINUTES long)",
     )
     p.add_argument("--recipes", help="a --tune result: run the two arms with the recipes it chose")
+    p.add_argument("--alt-model", help="with --tune, another curve model (another pretraining share of --total): "
+                                       "one more trial on each side, chosen on validation (see the module doc)")
+    p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
+    chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
+    if chosen.get("pretrained", {}).get("model"):  # the search chose another pretraining share
+        args.model = chosen["pretrained"]["model"]
     model_dir = ROOT / args.model
-    pre = float(json.loads((model_dir / "schedule.json").read_text())["max_minutes"])
+    pre = _pretrain_minutes(model_dir)
     ft_minutes = args.total - pre
     if ft_minutes <= 0:
         raise SystemExit(
@@ -74,13 +88,12 @@ def main(argv=None) -> int:
     data = load_report_data("fashion_mnist", model, progress=False)
     if args.tune:
         return tune(args, model, data, pre)
-    chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
     tag = "_tuned" if chosen else ""
     out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min{tag}.json")
     res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
     res.update(
         command=f"python benchmarks/finetune_shared.py --total {args.total:g}"
-        + (f" --recipes {args.recipes}" if chosen else ""),
+        + (f" --recipes {args.recipes}" if args.recipes else ""),
         model=args.model,
         total_minutes=args.total,
         pretrain_minutes=pre,
@@ -135,14 +148,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def _pretrain_minutes(model_dir: Path) -> float:
+    """A curve model's pretraining budget (its ``schedule.json``), the share of the clock it used."""
+    return float(json.loads((model_dir / "schedule.json").read_text())["max_minutes"])
+
+
 def tune(args, model, data, pre: float) -> int:
     """The equal-trial search (see the module doc): validation only, one JSON line per finished trial."""
-    from mimkit.eval.finetune import FINETUNE_TRIALS, choice_sets, tune_finetune
+    import inspect
+
+    import mimkit
+    from mimkit.eval.finetune import FINETUNE_TRIALS, choice_sets, finetune_for_minutes, tune_finetune
     from mimkit.eval.report import random_init_like
     from mimkit.eval.splits import validation_split
 
     fit_aug, val_set = choice_sets(data, *validation_split(data.train.labels, seed=args.seed))
-    log = ROOT / "results" / f"finetune_tune_{args.total:g}min.jsonl"
+    log = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min.jsonl"
     done = {side: {} for side in FINETUNE_TRIALS}
     if log.exists() and not args.rerun:
         for line in log.read_text().splitlines():
@@ -174,12 +195,35 @@ def tune(args, model, data, pre: float) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
         )
+    if args.alt_model:  # one more trial per side at its chosen recipe: the other share / scratch's lr doubled
+        alt_pre = _pretrain_minutes(ROOT / args.alt_model)
+        if alt_pre >= args.total:
+            raise SystemExit(f"finetune_shared: --alt-model {args.alt_model} was pretrained for {alt_pre} min, "
+                             f"not less than --total {args.total}")
+        alt = mimkit.load(ROOT / args.alt_model / "model")
+        recipe = {s: found[s]["chosen"]["recipe"] for s in found}
+        blr = recipe["scratch"].get("blr", inspect.signature(finetune_for_minutes).parameters["blr"].default)
+        second = {"pretrained": (alt, args.tune * (args.total - alt_pre) / args.total,
+                                 (f"{alt_pre:g}min + {found['pretrained']['chosen']['trial']}", recipe["pretrained"])),
+                  "scratch": (random_init_like(model, args.seed), minutes["scratch"],
+                              (f"{found['scratch']['chosen']['trial']} + blr x2", {**recipe["scratch"], "blr": 2 * blr}))}
+        for side, (m, mins, trial) in second.items():
+            got = tune_finetune(m, side, fit_aug, val_set, data.num_classes, mins, done=done[side], on_trial=keep,
+                                batch_size=args.batch_size, seed=args.seed, trials={side: (trial,)})
+            if side == "pretrained":
+                got["chosen"]["model"] = args.alt_model
+                for t in got["trials"]:
+                    t["model"] = args.alt_model
+            if got["chosen"]["val_acc"] > found[side]["chosen"]["val_acc"]:  # a tie keeps the first stage's
+                found[side]["chosen"] = got["chosen"]
+            found[side]["trials"] = found[side]["trials"] + got["trials"]
     chosen = {side: f["chosen"] for side, f in found.items()}
-    out = ROOT / "results" / f"finetune_tune_{args.total:g}min.json"
+    out = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min.json"
     out.write_text(
         json.dumps(
             {
-                "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}",
+                "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}"
+                + (f" --alt-model {args.alt_model}" if args.alt_model else ""),
                 "trials_per_side": {side: len(f["trials"]) for side, f in found.items()},
                 "trial_minutes": {s: round(v, 2) for s, v in minutes.items()},
                 "chosen": chosen,
