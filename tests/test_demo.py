@@ -16,6 +16,10 @@ def test_demo_prints_the_encoder_beside_raw_pixels(tmp_path, capsys):
     assert 0.6 < r["knn20_raw_pixels"] < 0.9 and 0 < r["knn20"] <= 1  # 600 train / test images of the real split
     assert f"raw pixels {r['knn20_raw_pixels']:.4f} 20-NN" in text and "points, 95% interval" in text
     assert set(r["verdicts"].values()) <= {"better", "tie", "worse"}
+    assert set(r["vs_random_init"]) == {"knn", "linear"}  # what pretraining adds to the same ViT, paired
+    for v in r["vs_random_init"].values():
+        assert v["verdict"] in ("better", "tie", "worse") and v["lo"] <= v["diff"] <= v["hi"]
+    assert "against random init, 20-NN (all labels): " + r["vs_random_init"]["knn"]["verdict"] in text
     assert any(f"20-NN: {r['knn20']:.4f}, " in line and "raw pixels" in line for line in text.splitlines())
     assert r["budget_minutes"] == 0.05 and r["steps"] >= 1  # a budget-true schedule, not epochs
     assert "0.05-minute budget" in text and "on the curve : mae" in text  # where it lies on results/fmnist_quality.json
@@ -52,4 +56,7 @@ def test_demo_chooses_recipe_and_budget_on_validation_only(tmp_path):
     curve["raw_pixels"] = pt(0.80, 0.80)  # now b's 7.5-minute lead is enough
     f.write_text(json.dumps(curve))
     assert choose_on_validation(f, configs=configs)[:2] == ("b", 7.5)
+    curve["random_init"] = pt(0.70, 0.85)  # a random ViT's probe as good as b's at 7.5 min: pretraining must pay
+    f.write_text(json.dumps(curve))
+    assert choose_on_validation(f, configs=configs)[:2] == ("a", 15.0)
     assert choose_on_validation(tmp_path / "missing.json", configs=configs)[:2] == (DEFAULT_RECIPE, DEFAULT_MINUTES)

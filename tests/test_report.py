@@ -299,6 +299,8 @@ def test_pretrain_writes_the_report_into_the_run(png_folder, tmp_path, capsys):
     run = tmp_path / "run"
     rep = json.loads((Path(run) / "report" / "report.json").read_text())
     assert {r["encoder"] for r in rep["rows"]} == {"raw_pixels", "random_init", "run"}
+    assert {(c["a"], c["b"]) for c in rep["pairs"]} == {("run", "random_init")}  # what pretraining adds, paired
+    assert "## Between encoders" in (Path(run) / "report" / "report.md").read_text()
     assert rep["labels_per_class"] == [10] and any("left out" in n for n in rep["notes"])  # 67 per class to draw from
     assert (Path(run) / "report" / "neighbours.png").exists()
     assert "mimkit: report" in capsys.readouterr().out

@@ -109,6 +109,18 @@ def verdict_lines(report: dict, encoder: str) -> list[str]:
     return out
 
 
+def pair_lines(report: dict, a: str | None = None, b: str | None = None) -> list[str]:
+    """One line per compared pair, protocol and label budget (``build_report(pairs=...)``), e.g. ``run against
+    random init, 20-NN: better, +4.2 points [+3.6, +4.8]``; only the pairs of ``a`` / ``b`` when given."""
+    out = []
+    for c in report.get("pairs") or ():
+        if (a is None or c["a"] == a) and (b is None or c["b"] == b):
+            n = "all labels" if c["labels_per_class"] is None else f"{c['labels_per_class']}/class"
+            out.append(f"{c['a']} against {c['b'].replace('_', ' ')}, {PROTOCOL_NAMES[c['protocol']]} ({n}): "
+                       f"{c['verdict']}, {100 * c['diff']:+.1f} points [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]")
+    return out
+
+
 def report_markdown(report: dict) -> str:
     d = report["data"]
     lines = ["# mimkit report", "", "## Test accuracy", "", report_table(report), "",
@@ -116,6 +128,9 @@ def report_markdown(report: dict) -> str:
              "A verdict is better or worse only when the interval excludes 0. Intervals: paired bootstrap over the "
              f"test images ({report.get('resamples', 1000)} resamples) with all labels; with N labels per class, a t "
              f"interval over {report.get('draws', 1)} subset draws (the same subsets for every row).", ""]
+    if report.get("pairs"):
+        lines += ["## Between encoders (what pretraining adds to the same ViT at random init, and other pairs)", ""]
+        lines += [f"- {x}" for x in pair_lines(report)] + [""]
     lines += ["## Data", "",
               f"- source: `{d['source']}` ({d['layout']})",
               f"- {d['train_images']} training images, {d['test_images']} test images, {len(d['classes'])} classes: "

@@ -447,7 +447,7 @@ def report_after_training(run_dir, cfg: dict) -> dict | None:
         lim, protos = cfg["run"].get("report_limit"), cfg["run"].get("report_protocols")
         options = {"settings": Settings(protocols=tuple(protos))} if protos else {}
         report = build_report([run_dir / "model"], cfg["run"]["report"], run_dir / "report", names=[run_dir.name],
-                              limit=lim, test_limit=lim, **options,
+                              limit=lim, test_limit=lim, **options, pairs=[(run_dir.name, RANDOM)],
                               seed=int(cfg["run"].get("seed") or 0), mean=d.get("mean"), std=d.get("std"),
                               progress=bool(cfg.get("trainer", {}).get("enable_progress_bar", True)))
     except (ValueError, FileNotFoundError, TypeError, KeyError) as e:
@@ -456,5 +456,6 @@ def report_after_training(run_dir, cfg: dict) -> dict | None:
         return None
     print(report_table(report), flush=True)
     print(verdict_table(report), flush=True)
+    print("\n".join(render.pair_lines(report, run_dir.name, RANDOM)), flush=True)
     print(f"mimkit: report {run_dir / 'report' / 'report.md'} (report.png, neighbours.png)", flush=True)
     return report
