@@ -28,12 +28,13 @@ def choose_on_validation(curve_file: Path = CURVE, recipe: str | None = None, mi
     try:
         q = json.loads(Path(curve_file).read_text())
         raw = {p: q["raw_pixels"][p]["choice_acc"] for p in ("knn", "linear")}
+        base = "raw pixels and the random init" if "random_init" in q else "raw pixels"
         if "random_init" in q:  # the lead must be over both baselines: what pretraining adds, not the ViT alone
             raw = {p: max(v, q["random_init"][p]["choice_acc"]) for p, v in raw.items()}
         points = {(r, float(m)): {p: pt[p]["choice_acc"] for p in ("knn", "linear")}
                   for r, pts in q["curve"].items() for m, pt in pts.items() if (Path(configs) / f"{r}.yaml").exists()}
     except (OSError, ValueError, KeyError, TypeError):
-        points = {}
+        points, base = {}, "raw pixels"
     if recipe is not None:
         points = {k: v for k, v in points.items() if k[0] == recipe}
     budgets = sorted({m for _, m in points})
@@ -52,10 +53,10 @@ def choose_on_validation(curve_file: Path = CURVE, recipe: str | None = None, mi
         if lead >= MARGIN:
             break
     on = (f"{Path(curve_file).name}, validation at {m:g} min: mean of 20-NN and linear probe {score[r]:.4f}, "
-          f"lead over raw pixels on its better protocol {100 * lead:+.1f} points")
+          f"lead over {base} on its better protocol {100 * lead:+.1f} points")
     why = ("recipe given" if recipe else f"the best of {len(score)} recipes on validation") + "; " + (
-        "minutes given" if minutes else f"the shortest budget up to {MAX_MINUTES:g} min leading raw pixels by "
-        f"{100 * MARGIN:g} points" if lead >= MARGIN else f"no budget up to {MAX_MINUTES:g} min leads raw pixels by "
+        "minutes given" if minutes else f"the shortest budget up to {MAX_MINUTES:g} min leading {base} by "
+        f"{100 * MARGIN:g} points" if lead >= MARGIN else f"no budget up to {MAX_MINUTES:g} min leads {base} by "
         f"{100 * MARGIN:g} points; the longest") + f" ({on})"
     return (recipe or r, minutes or m, why)
 
