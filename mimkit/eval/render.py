@@ -320,11 +320,14 @@ def plot_curve(result: dict, path, protocols=("knn", "linear", "logreg")) -> Pat
             line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method_label(recipe), mfc="white")
             better = [(x, y) for x, y, (_, v) in zip(xs, ys, ms) if v.get("vs_raw", {}).get("verdict") == "better"]
             if better:
-                ax.plot(*zip(*better), "o", color=line[0].get_color())
+                ax.plot(*zip(*better), "o", color=line[0].get_color(), zorder=5)  # above the hollow markers
             c = result.get("crossover", {}).get(recipe, {}).get(p)
             if c:
                 ax.axvline(c, color=line[0].get_color(), alpha=0.3)
         ax.set_xscale("log")
+        budgets = sorted({float(m) for pts in result["curve"].values() for m in pts})
+        ax.set_xticks(budgets, [f"{m:g}" for m in budgets])  # the budgets measured, not log decades
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_xlabel("pretraining minutes (2 CPU cores)")
         ax.set_title(PROTOCOL_NAMES[p], fontsize=9)
         ax.grid(alpha=0.3)
