@@ -331,7 +331,13 @@ def test_raw_pixels_logistic_regression_keeps_every_vector_an_encoder_may_not(pn
     tight = dataclasses.replace(QUICK, logreg_max_dims=64)
     rep = build_report([str(tiny_run)], str(png_folder), None, labels_per_class=[], settings=tight, progress=False)
     raw_vectors_seen, raw_cap = seen[0]
-    assert raw_cap is None and len(raw_vectors_seen) == 5  # raw pixels: every vector goes to logistic regression
+    assert raw_cap == rmod.RAW_LOGREG_MAX_DIMS and len(raw_vectors_seen) == 5  # raw pixels: a memory-safe limit only
+    assert not any("left out the preprocessings" in n for n in rep["notes"])  # every raw vector fits under it here
     assert all(cap == 64 for _, cap in list(seen.values())[1:])  # the encoders keep the limit
     logreg = {r["encoder"]: r["choice"] for r in rep["rows"] if r["protocol"] == "logreg"}
     assert logreg["tiny-run"].split("@")[0] != "tokens"  # the encoder's token map is wider than 64 numbers
+    monkeypatch.setattr(rmod, "RAW_LOGREG_MAX_DIMS", 200)  # images too large for it: the full-size vectors go
+    rep = build_report([str(tiny_run)], str(png_folder), None, labels_per_class=[], settings=tight, progress=False)
+    raw = next(r for r in rep["rows"] if r["encoder"] == "raw_pixels" and r["protocol"] == "logreg")
+    assert raw["choice"].startswith("half")  # only the 2x2-mean vectors (196 numbers) were tried
+    assert any("raw_pixels: logistic regression left out the preprocessings wider than 200" in n for n in rep["notes"])

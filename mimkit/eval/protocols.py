@@ -43,7 +43,7 @@ class Settings:
     logreg_iters: int = 200
     logreg_max_dims: int | None = 2048  # logistic regression leaves out an encoder's wider vectors (scikit-learn's
     # lbfgs in float64 would take most of a row's time on the 6,272-number token map); a row whose every vector is
-    # wider keeps its narrowest. None: no limit (raw pixels: never fewer trials than an encoder)
+    # wider keeps its narrowest. None: no limit. Raw pixels get RAW_LOGREG_MAX_DIMS instead
     folds: int = 3  # inside a scarce subset
     draws: int = 3  # scarce subsets drawn per N
     seed: int = 0
@@ -53,6 +53,12 @@ class Settings:
         """Epochs of the probe on ``n`` labelled vectors: ``probe_epochs`` on large sets, more on small
         ones (about 100k vectors seen, at most ``max_probe_epochs``)."""
         return int(min(self.max_probe_epochs, max(self.probe_epochs, round(100_000 / max(1, n)))))
+
+
+#: Raw pixels' width limit for logistic regression (instead of ``Settings.logreg_max_dims``, meant for an encoder's
+#: token map): every preprocessing of grayscale images up to 128x128 stays in (as many trials as an encoder), while
+#: a 224-px colour image's 150,528 numbers, ~12 GB per float64 copy of 10k images, are left out with a note.
+RAW_LOGREG_MAX_DIMS = 16384
 
 
 def logreg_vectors(feats: dict, s: Settings) -> list[str]:
