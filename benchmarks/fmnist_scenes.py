@@ -119,13 +119,18 @@ def build_data(args, work: Path) -> Path:
     return data
 
 
+def pretrain_dir(work: Path, minutes: float, init: Path | None = None) -> Path:
+    """Where MAE on the canvases for ``minutes`` (from ``init``, a model directory, when given) is kept."""
+    return work / (f"mae_pretrain_{minutes:g}min" + (f"_init_{Path(init).parent.name}" if init is not None else ""))
+
+
 def pretrain_mae(args, data: Path, work: Path, minutes: float, mean: float, std: float, init: Path | None = None) -> Path:
     """MAE on the training canvases without labels for ``minutes`` budget-true minutes (from ``init``'s encoder
     when given, positions resized), or the finished run of the same settings."""
     from mimkit.train import load_config, run_pretrain
     from mimkit.train.budget import read_schedule
 
-    run_dir = work / (f"mae_pretrain_{minutes:g}min" + ("_init_fmnist" if init is not None else ""))
+    run_dir = pretrain_dir(work, minutes, init)
     sched = read_schedule(run_dir) if run_dir.is_dir() else None
     if sched and sched.get("finished_at_step") == sched.get("total_steps") and (run_dir / "model").is_dir():
         print(f"== reusing the finished {minutes:g}-minute MAE pretraining in {run_dir.name}")
@@ -157,8 +162,7 @@ def arm_options(arm: str, args, data: Path, work: Path, mean: float, std: float)
     def pretrained(share, init=None):
         def build():
             return to_hf_backbone(mimkit.load(pretrain_mae(args, data, work, args.total * share, mean, std, init) / "model"))
-        tail = "_init_fmnist" if init is not None else ""
-        return build, work / f"mae_pretrain_{args.total * share:g}min{tail}"
+        return build, pretrain_dir(work, args.total * share, init)
 
     if arm == "mae":  # the pretraining share of the clock
         return [option(f"share {s:g}", s, 0.75, *pretrained(s)) for s in dict.fromkeys((args.share, args.alt_share))]
@@ -265,7 +269,8 @@ def main(argv=None) -> int:
                             ROOT / Path(args.out).with_suffix(".png"), num_labels)
     out = {"command": "python benchmarks/fmnist_scenes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "canvas": args.canvas, "train_canvases": len(fit), "val_canvases": len(val), "test_canvases": len(xte),
-           "classes": num_labels, "total_minutes_per_arm": args.total, "share": args.share, "arms": rows,
+           "classes": num_labels, "total_minutes_per_arm": args.total, "share": args.share,
+           **({"blrs": list(args.blrs), "alt_share": args.alt_share} if args.tune else {}), "arms": rows,
            "pairs": pairs, "measured_minutes": round(sum(r["measured_minutes"] for r in rows.values()), 1),
            "wall_minutes": round((time.time() - t_start) / 60, 1),  # this invocation (kept arms are not re-run)
            "picture": str(pic.relative_to(ROOT))}
