@@ -190,7 +190,7 @@ def vs_random_init(report: dict, name: str) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
-        print(markdown_table(json.loads(Path(args.out).read_text())))
+        print_summary(json.loads(Path(args.out).read_text()))
         return 0
     from mimkit.eval.protocols import Settings, crossover
     from mimkit.eval.render import plot_curve
@@ -266,20 +266,33 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def print_summary(result: dict, out: Path, pic: Path) -> None:
+def print_summary(result: dict, out: Path | None = None, pic: Path | None = None) -> None:
+    """The table, the crossovers, the validation scores and every point against random init (and what was
+    written, after a run)."""
     from mimkit.eval.protocols import PROTOCOL_NAMES
 
     print("\n" + markdown_table(result))
     for recipe, c in result["crossover"].items():
         print(f"crossover ({recipe}): " + ", ".join(f"{PROTOCOL_NAMES[p]} {'from %g min' % m if m else 'none'}"
                                                    for p, m in c.items()))
+    def val(row):  # the validation accuracies every choice was made on (20-NN, probe, their mean)
+        k, lin = row["knn"]["choice_acc"], row["linear"]["choice_acc"]
+        return f"20-NN {k:.4f}, linear probe {lin:.4f}, mean {(k + lin) / 2:.4f}"
+
+    print("validation (the choices' scores; no test image): " + "; ".join(
+        f"{n.replace('_', ' ')} {val(result[n])}" for n in ("raw_pixels", "random_init") if "knn" in result.get(n, {})))
+    for recipe, pts in result["curve"].items():
+        for m, pt in pts.items():
+            if "knn" in pt and "linear" in pt:
+                print(f"validation ({recipe} {m} min): {val(pt)}")
     for recipe, pts in result["curve"].items():
         for m, pt in pts.items():
             v = pt.get("vs_random_init", {})
             print(f"{recipe} {m} min vs random init: " + ", ".join(
                 f"{k} {100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] {d['verdict']}"
                 for k, d in v.items() if k.startswith("all ")))
-    print(f"wrote {rel(out)}, {rel(pic)}, {result['report']} ({result['wall_minutes']} min)")
+    if out is not None:
+        print(f"wrote {rel(out)}, {rel(pic)}, {result['report']} ({result['wall_minutes']} min)")
 
 
 if __name__ == "__main__":

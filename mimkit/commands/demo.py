@@ -173,9 +173,8 @@ def run(args) -> int:
           f"best linear; random init {results['knn20_random_init']:.4f} 20-NN):")
     for line in verdict_lines(report, name):
         print(f"  {line}")
-    for line in pair_lines(report, name, "random_init"):
-        if "(all labels)" in line:
-            print(f"  against {line.split(' against ', 1)[1]}")
+    for line in pair_lines(report, name, "random_init", all_labels_only=True):
+        print(f"  {line}")
     for line in curve_position(args.recipe, t_train / 60, results, CURVE):
         print(line)
     print(f"report       : {run_dir / 'report' / 'report.md'} ({t_report / 60:.1f} min; all labels and "

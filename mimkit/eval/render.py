@@ -109,14 +109,18 @@ def verdict_lines(report: dict, encoder: str) -> list[str]:
     return out
 
 
-def pair_lines(report: dict, a: str | None = None, b: str | None = None) -> list[str]:
+def pair_lines(report: dict, a: str | None = None, b: str | None = None, all_labels_only: bool = False) -> list[str]:
     """One line per compared pair, protocol and label budget (``build_report(pairs=...)``), e.g. ``run against
-    random init, 20-NN: better, +4.2 points [+3.6, +4.8]``; only the pairs of ``a`` / ``b`` when given."""
+    random init, 20-NN (all labels): better, +4.2 points [+3.6, +4.8]``; only the pairs of ``a`` / ``b`` when
+    given (then without the name of ``a``: ``against random init, ...``), only all labels with ``all_labels_only``."""
     out = []
     for c in report.get("pairs") or ():
         if (a is None or c["a"] == a) and (b is None or c["b"] == b):
+            if all_labels_only and c["labels_per_class"] is not None:
+                continue
             n = "all labels" if c["labels_per_class"] is None else f"{c['labels_per_class']}/class"
-            out.append(f"{c['a']} against {c['b'].replace('_', ' ')}, {PROTOCOL_NAMES[c['protocol']]} ({n}): "
+            out.append(("" if a else f"{c['a']} ") + f"against {c['b'].replace('_', ' ')}, "
+                       f"{PROTOCOL_NAMES[c['protocol']]} ({n}): "
                        f"{c['verdict']}, {100 * c['diff']:+.1f} points [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]")
     return out
 

@@ -472,6 +472,6 @@ def report_after_training(run_dir, cfg: dict) -> dict | None:
         return None
     print(report_table(report), flush=True)
     print(verdict_table(report), flush=True)
-    print("\n".join(render.pair_lines(report, run_dir.name, RANDOM)), flush=True)
+    print("\n".join(render.pair_lines(report, run_dir.name, RANDOM)), flush=True)  # "against random init, ..."
     print(f"mimkit: report {run_dir / 'report' / 'report.md'} (report.png, neighbours.png)", flush=True)
     return report
