@@ -29,7 +29,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: setup data lint
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 -q --durations=15 tests
 
 test-fast: setup lint
 	$(BIN)/python -m pytest -n 2 -q tests -m "not slow"

@@ -15,8 +15,15 @@ inside the N labels, over ``--draws`` subset draws), with 95% intervals and verd
 This script only drives: it pretrains (or reuses a finished run of the same settings), copies each
 point's ``model/`` to ``results/curve/`` (safetensors + config, about 2 MB, committed so anyone can
 re-evaluate it), and writes ``results/fmnist_quality.json``, the report of every point
-(``results/fmnist_report/``) and ``results/quality_vs_time.png``. Finished pretraining runs and
-evaluated rows are kept (``--work``), so an interrupted run resumes where it stopped.
+(``results/fmnist_report/``) and ``results/quality_vs_time.png``. Finished pretraining runs are kept
+(``--work``) and every evaluated row is committed (``--rows``, keyed by its weights' SHA-256 and the
+settings), so an interrupted run resumes where it stopped, in a later session or a fresh clone too.
+
+A later run adds its points to the same ``--out``: the points already there (other methods or budgets)
+are kept when its settings match and its baselines, evaluated again (or read from ``--rows``), agree within
+:data:`BASELINE_TOLERANCE`; its own report then goes beside the earlier one (``fmnist_report_<methods>/``).
+
+    python benchmarks/fmnist_quality.py --methods data2vec2,ijepa --curve 15   # beside MAE's and iBOT's points
 """
 from __future__ import annotations
 
@@ -61,10 +68,15 @@ def parse_args(argv=None):
     p.add_argument("--rerun", action="store_true", help="pretrain again even where a finished run of these settings exists")
     p.add_argument("--out", default=str(ROOT / "results" / "fmnist_quality.json"))
     p.add_argument("--work", default=str(ROOT / "results" / "fmnist_quality_runs"),
-                   help="pretraining runs and evaluated rows, kept between runs (not committed)")
+                   help="pretraining runs, kept between runs (not committed: each point's model is, in --models)")
+    p.add_argument("--rows", default=str(ROOT / "results" / "fmnist_quality_rows"),
+                   help="every evaluated row (committed, keyed by the weights' SHA-256 and the settings), so that a "
+                        "run resumes where it stopped, in a later session too")
     p.add_argument("--models", default=str(ROOT / "results" / "curve"), help="where each point's model/ is copied")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--table", action="store_true", help="print the table of an existing --out and stop")
+    p.add_argument("--replace", action="store_true",
+                   help="write over an --out whose points this run cannot keep (other settings or baselines)")
     args = p.parse_args(argv)
     if not args.curve or min(args.curve) <= 0:
         p.error("--curve takes positive minutes, e.g. 7.5,15,60")
@@ -187,6 +199,40 @@ def vs_random_init(report: dict, name: str) -> dict:
             for c in report.get("pairs", []) if c["a"] == name and c["b"] == "random_init"}
 
 
+# ---- earlier points: a later run (another method, another budget) adds its points to the same --out -------
+SAME = ("labels_per_class", "draws", "finetune_minutes", "overrides", "seed", "limit", "test_limit", "probe_epochs")
+# the baselines' accuracies an earlier run may differ by (its verdicts were paired with them): the same rows evaluated
+# in two sessions differed by up to 0.22 points (the random init's logistic regression; thread-order float sums in
+# the probes' and lbfgs' reductions), a tenth of a verdict interval's half-width
+BASELINE_TOLERANCE = 0.005
+
+
+def earlier_run(out: Path, args) -> tuple[dict, str | None]:
+    """The earlier result in ``out`` when its settings match this run's ({} and why not otherwise)."""
+    if not out.exists():
+        return {}, None
+    old = json.loads(out.read_text())
+    s = old.get("settings", {})
+    for k in SAME:
+        if s.get(k) != getattr(args, k):
+            return {}, f"its {k} was {s.get(k)!r}, now {getattr(args, k)!r}"
+    return old, None
+
+
+def earlier_points(old: dict, raw: dict, rand: dict, new_points: set) -> tuple[dict, str | None]:
+    """The earlier run's points that this run did not make, each with the report it came from, when its
+    baselines match this run's within :data:`BASELINE_TOLERANCE` (else {} and why)."""
+    if not old:
+        return {}, None
+    for label, key, row in (("raw pixels", "raw_pixels", raw), ("the random init", "random_init", rand)):
+        for p, r in row.items():
+            a = old.get(key, {}).get(p, {}).get("accuracy")
+            if p in PROTOCOLS and (a is None or abs(a - r["accuracy"]) > BASELINE_TOLERANCE):
+                return {}, f"{label}' {p} accuracy was {a}, now {r['accuracy']:.4f}"
+    return {recipe: {m: {**v, "report": v.get("report", old.get("report"))} for m, v in pts.items()
+                     if (recipe, m) not in new_points} for recipe, pts in old.get("curve", {}).items()}, None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
@@ -198,6 +244,10 @@ def main(argv=None) -> int:
     from mimkit.train.budget import read_schedule
 
     t0, out = time.time(), Path(args.out)
+    old, why_not = earlier_run(out, args)
+    if why_not and not args.replace:
+        raise SystemExit(f"fmnist_quality: error: {rel(out)} holds points of other settings ({why_not}); give another "
+                         "--out, or --replace to write over it")
     points = {}  # name -> (recipe, minutes, run_dir)
     for recipe in args.recipes:
         for minutes in args.budgets[recipe]:
@@ -206,13 +256,20 @@ def main(argv=None) -> int:
     names = list(points)
     models = {n: keep_model(d, n, args) for n, (_, _, d) in points.items()}
     pre = [read_schedule(d).get("wall_minutes") for _, _, d in points.values()]
+    made = {(r, f"{m:g}") for r, m, _ in points.values()}
+    others = {(r, m) for r, pts in old.get("curve", {}).items() for m in pts} - made
+    # a run that adds points to an earlier one writes its own report beside the earlier report
+    report_dir = out.parent / ("fmnist_report" if not others else
+                               "fmnist_report_" + "_".join(m.strip() for m in args.methods.split(",") if m.strip()))
+    # the report a point came from (beside --out, named with its folder when --out lies outside the repository)
+    report_md = rel(report_dir / "report.md") if report_dir.resolve().is_relative_to(ROOT) else f"{report_dir.name}/report.md"
     print("== every point, raw pixels and the random init: mimkit report's protocols ==", flush=True)
-    report = build_report([d for _, _, d in points.values()], "fashion_mnist", Path(out).parent / "fmnist_report",
+    report = build_report([d for _, _, d in points.values()], "fashion_mnist", report_dir,
                           names=names, labels_per_class=args.labels_per_class, draws=args.draws, seed=args.seed,
                           settings=Settings(probe_epochs=args.probe_epochs), limit=args.limit, test_limit=args.test_limit,
                           finetune_minutes=args.finetune_minutes, pretrain_minutes=pre,
                           pairs=[(n, "random_init") for n in names],  # what pretraining adds to the same ViT
-                          cache_dir=Path(args.work) / "rows", progress=not args.no_progress)
+                          cache_dir=Path(args.rows), progress=not args.no_progress)
     curve: dict = {}
     for name, (recipe, minutes, run_dir) in points.items():
         s = read_schedule(run_dir)
@@ -220,19 +277,36 @@ def main(argv=None) -> int:
             **row_summary(report, name), "steps": s["total_steps"], "wall_minutes": s.get("wall_minutes"),
             "budget_error": round(s.get("wall_minutes", minutes) / minutes - 1, 4), "refits": len(s.get("refits", [])),
             "seconds_per_step_first": s["seconds_per_step"], "model": models[name],
-            "vs_random_init": vs_random_init(report, name)}
-    raw = row_summary(report, "raw_pixels")
+            "vs_random_init": vs_random_init(report, name), "report": report_md}
+    raw, rand = row_summary(report, "raw_pixels"), row_summary(report, "random_init")
+    kept, why = earlier_points(old, raw, rand, made)
+    if why and others and not args.replace:  # never lose the earlier points: this run's result goes beside them
+        out = out.with_name(f"{out.stem}_{report_dir.name.removeprefix('fmnist_report_')}{out.suffix}")
+        print(f"   (the points already in {rel(args.out)} cannot be kept: {why}; this run goes to {rel(out)})")
+    elif why and others:
+        print(f"   (the points already in {rel(out)} are not kept: {why}; --replace)")
+    elif any(kept.values()):
+        drift = max(abs(old[k][p]["accuracy"] - row[p]["accuracy"]) for k, row in (("raw_pixels", raw), ("random_init", rand))
+                    for p in row if p in PROTOCOLS)
+        report["notes"].append(f"the points of an earlier run ({', '.join(f'{r} {m} min' for r, pts in kept.items() for m in pts)}) "
+                               f"were judged against baselines evaluated then, which differ from this run's by at most "
+                               f"{100 * drift:.2f} points; the table shows this run's")
+        print(f"   keeping the earlier points of {rel(out)}: " + ", ".join(
+            f"{r} {m} min" for r, pts in kept.items() for m in pts))
+    merged = {r: dict(sorted({**pts, **curve.get(r, {})}.items(), key=lambda kv: float(kv[0])))
+              for r, pts in kept.items() if pts}
+    curve = {**merged, **{r: pts for r, pts in curve.items() if r not in merged}}
     cross = {recipe: {p: crossover({m: {"acc": v[p]["accuracy"], "verdict": v[p]["vs_raw"]["verdict"]}
                                     for m, v in pts.items() if p in v}, raw[p]["accuracy"]) for p in PROTOCOLS if p in raw}
              for recipe, pts in curve.items()}
-    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "work", "models")},
-              "raw_pixels": raw, "random_init": row_summary(report, "random_init"), "curve": curve,
-              "crossover": cross, "report": rel(Path(out).parent / "fmnist_report" / "report.md"),
+    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "work", "models", "rows")},
+              "raw_pixels": raw, "random_init": rand, "curve": curve,
+              "crossover": cross, "report": report_md,
               "splits": report["splits"], "notes": report["notes"], "wall_minutes": round((time.time() - t0) / 60, 1),
               "report_wall_seconds": report["wall_seconds"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    pic = plot_curve(result, out.parent / "quality_vs_time.png")
+    pic = plot_curve(result, out.parent / ("quality_vs_time.png" if out == Path(args.out) else f"{out.stem}.png"))
     print_summary(result, out, pic)
     return 0
 

@@ -1,6 +1,7 @@
 """benchmarks/fmnist_quality.py end to end on a tiny budget: budget-true pretraining, each point judged by
-mimkit report's protocols beside raw pixels and random init, with intervals and verdicts, its model kept,
-and a second run that reuses the finished pretraining and the evaluated rows."""
+mimkit report's protocols beside raw pixels and random init, with intervals and verdicts, its model and rows
+kept; a run from the committed copies alone (a fresh clone) that neither pretrains nor evaluates again; a later
+run that adds its point to the same JSON."""
 import json
 import sys
 from pathlib import Path
@@ -13,13 +14,14 @@ TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decod
         "model.decoder_depth=1", "model.decoder_num_heads=2", "data.batch_size=64", "trainer.compile=false"]
 
 
-def test_curve_end_to_end_and_resume(tmp_path, capsys):
+def test_curve_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import fmnist_quality
 
     args = ["--curve", "0.04,0.08", "--limit", "600", "--test-limit", "300", "--labels-per-class", "5", "--draws", "2",
             "--probe-epochs", "2", "--no-progress", "--out", str(tmp_path / "res" / "q.json"), "--work",
-            str(tmp_path / "work"), "--models", str(tmp_path / "res" / "curve"), "--overrides", *TINY]
+            str(tmp_path / "work"), "--models", str(tmp_path / "res" / "curve"), "--rows", str(tmp_path / "res" / "rows"),
+            "--overrides", *TINY]
     assert fmnist_quality.main(args) == 0
     q = json.loads((tmp_path / "res" / "q.json").read_text())
     pts = q["curve"]["mae_vit_tiny_patch4_28"]
@@ -45,22 +47,65 @@ def test_curve_end_to_end_and_resume(tmp_path, capsys):
     assert str(tmp_path) not in (tmp_path / "res" / "q.json").read_text()  # no absolute path of this machine
     capsys.readouterr()
 
-    assert fmnist_quality.main(args) == 0  # again: the finished runs and evaluated rows are reused
-    text = capsys.readouterr().out
-    assert text.count("reusing the finished run") == 2 and "pretraining with a" not in text
-    again = json.loads((tmp_path / "res" / "q.json").read_text())
-    assert again["curve"] == q["curve"] and again["raw_pixels"] == q["raw_pixels"]
-
-    # a fresh clone has the committed copies (--models) but no work dir: they are judged, not pretrained again
+    # a fresh clone has the committed copies (--models) and rows (--rows) but no work dir: the points are neither
+    # pretrained nor evaluated again (a row's key is its weights' SHA-256, not the path they were first read from)
     import shutil
 
+    import mimkit.eval.report as report_module
+
     shutil.rmtree(tmp_path / "work")
+    rows = sorted(p.name for p in (tmp_path / "res" / "rows").iterdir())
+    assert len(rows) == 4  # raw pixels, the random init and the two points
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("a committed row was evaluated again")
+    monkeypatch.setattr(report_module, "evaluate_row", no_evaluation)
     assert fmnist_quality.main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "res" / "rows").iterdir()) == rows
     text = capsys.readouterr().out
     assert text.count("reusing the finished run in") == 2 and "pretraining with a" not in text
     fresh = json.loads((tmp_path / "res" / "q.json").read_text())
+    assert fresh["curve"] == q["curve"] and fresh["raw_pixels"] == q["raw_pixels"]
     assert {m: p["knn"]["accuracy"] for m, p in fresh["curve"]["mae_vit_tiny_patch4_28"].items()} == \
         {m: p["knn"]["accuracy"] for m, p in pts.items()}
+
+    # a later run with another budget adds its point to the same --out, its own report beside the earlier one
+    monkeypatch.undo()
+    later = args[:]
+    later[later.index("--curve") + 1] = "0.06"
+    assert fmnist_quality.main(later) == 0
+    assert "keeping the earlier points" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "res" / "q.json").read_text())
+    mae = merged["curve"]["mae_vit_tiny_patch4_28"]
+    assert list(mae) == ["0.04", "0.06", "0.08"]
+    assert mae["0.04"] == {**fresh["curve"]["mae_vit_tiny_patch4_28"]["0.04"], "report": mae["0.04"]["report"]}
+    assert mae["0.04"]["report"].endswith("fmnist_report/report.md")
+    assert mae["0.06"]["report"].endswith("fmnist_report_mae/report.md") and merged["report"] == mae["0.06"]["report"]
+    assert (tmp_path / "res" / "fmnist_report" / "report.md").exists()  # the earlier report is not overwritten
+    assert set(merged["crossover"]["mae_vit_tiny_patch4_28"]) == {"knn", "linear", "logreg", "best_linear"}
+
+
+def test_a_later_run_keeps_earlier_points_only_when_comparable(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fmnist_quality
+
+    args = fmnist_quality.parse_args(["--curve", "15", "--out", str(tmp_path / "q.json")])
+    base = {"knn": {"accuracy": 0.86}, "linear": {"accuracy": 0.84}}
+    old = {"settings": {k: getattr(args, k) for k in fmnist_quality.SAME}, "raw_pixels": base, "random_init": base,
+           "report": "results/fmnist_report/report.md",
+           "curve": {"mae": {"15": {"knn": {"accuracy": 0.9}}, "60": {"knn": {"accuracy": 0.91}}}}}
+    out = tmp_path / "q.json"
+    assert fmnist_quality.earlier_run(out, args) == ({}, None)  # nothing yet
+    out.write_text(json.dumps(old))
+    found, why = fmnist_quality.earlier_run(out, args)
+    assert why is None
+    kept, why = fmnist_quality.earlier_points(found, base, base, {("mae", "15")})
+    assert why is None and kept == {"mae": {"60": {"knn": {"accuracy": 0.91}, "report": old["report"]}}}
+    moved = {**base, "knn": {"accuracy": 0.87}}  # a baseline that moved: the earlier verdicts were paired with another
+    kept, why = fmnist_quality.earlier_points(found, moved, base, set())
+    assert kept == {} and "raw pixels' knn accuracy was 0.86, now 0.8700" in why
+    other = fmnist_quality.parse_args(["--curve", "15", "--draws", "1"])
+    assert fmnist_quality.earlier_run(out, other) == ({}, "its draws was 3, now 1")
 
 
 def test_a_method_can_have_its_own_budgets(capsys):

@@ -341,3 +341,57 @@ def test_raw_pixels_logistic_regression_keeps_every_vector_an_encoder_may_not(pn
     raw = next(r for r in rep["rows"] if r["encoder"] == "raw_pixels" and r["protocol"] == "logreg")
     assert raw["choice"].startswith("half")  # only the 2x2-mean vectors (196 numbers) were tried
     assert any("raw_pixels: logistic regression left out the preprocessings wider than 200" in n for n in rep["notes"])
+
+
+def test_rows_are_reused_by_their_weights_and_code_not_their_path(png_folder, tiny_run, tmp_path, monkeypatch, capsys):
+    """A committed folder of rows (``reuse_rows``, read-only) serves a copy of the same weights elsewhere; new
+    weights, another random init or changed evaluation code make new rows; computed rows go to ``cache_dir``."""
+    import shutil
+
+    from mimkit.eval import report as rmod
+
+    calls = []
+    real = rmod.evaluate_row
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rmod, "evaluate_row", counting)
+    opts = dict(labels_per_class=[], settings=QUICK, names=["enc"])
+    first = build_report([str(tiny_run)], str(png_folder), None, cache_dir=tmp_path / "rows", **opts)
+    assert len(calls) == 3 and len(list((tmp_path / "rows").glob("*.pt"))) == 3
+    moved = tmp_path / "elsewhere"  # the same weights at another path (a fresh clone): every row is reused
+    shutil.copytree(tiny_run, moved)
+    again = build_report([str(moved)], str(png_folder), None, reuse_rows=tmp_path / "rows", **opts)
+    assert len(calls) == 3 and again["rows"] == first["rows"]
+    assert capsys.readouterr().out.count("reusing the evaluated row") == 3
+    torch.manual_seed(2)  # other weights: the encoder's row is evaluated again, the baselines' are not
+    mimkit.save(mimkit.create("mae_vit_tiny_patch4_28", **TINY), tmp_path / "other" / "model")
+    build_report([str(tmp_path / "other")], str(png_folder), None, reuse_rows=tmp_path / "rows", **opts)
+    assert len(calls) == 4 and len(list((tmp_path / "rows").glob("*.pt"))) == 3  # read-only: nothing written there
+    build_report([str(moved)], str(png_folder), None, reuse_rows=tmp_path / "rows", seed=1, **opts)
+    assert len(calls) == 7  # another seed: another split and another random init
+    monkeypatch.setattr(rmod, "eval_code_id", lambda: "changed")  # the evaluation code changed: nothing is reused
+    build_report([str(moved)], str(png_folder), None, reuse_rows=tmp_path / "rows", **opts)
+    assert len(calls) == 10
+
+
+def test_demo_rows_copies_the_baselines_of_a_finished_demo(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_rows", Path(__file__).parents[1] / "scripts" / "demo_rows.py")
+    demo_rows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_rows)
+    rows = tmp_path / "run" / "report" / "rows"
+    rows.mkdir(parents=True)
+    for name in ("raw_pixels-aaaa.pt", "random_init-bbbb.pt", "run-cccc.pt"):
+        torch.save({"x": 1}, rows / name)
+    dest = tmp_path / "committed"
+    dest.mkdir()
+    torch.save({}, dest / "raw_pixels-stale.pt")
+    assert demo_rows.main(["--from", str(tmp_path / "run"), "--to", str(dest)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["random_init-bbbb.pt", "raw_pixels-aaaa.pt"]  # the stale one gone
+    (rows / "random_init-bbbb.pt").unlink()
+    with pytest.raises(SystemExit, match="holds no rows of raw_pixels and random_init"):
+        demo_rows.main(["--from", str(tmp_path / "run"), "--to", str(dest)])

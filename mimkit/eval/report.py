@@ -67,6 +67,7 @@ class ReportConfig:
     neighbours: int = 12
     resamples: int = 1000
     cache_dir: object = None  # keep every row's results here and reuse them (long benchmarks resume)
+    reuse_rows: object = None  # a read-only folder of rows to reuse when their key matches (committed baselines)
     progress: bool = True
     trust_checkpoint: bool = False
 
@@ -150,37 +151,62 @@ def _shown(spec) -> str:  # a path as a report records it: relative to the curre
     return str(p.resolve().relative_to(Path.cwd())) if ":" not in str(spec)[:6] and p.resolve().is_relative_to(Path.cwd()) else str(spec)
 
 
+# the code a row's numbers come from: a cached row is reused only while these files are unchanged
+EVAL_CODE = ("protocols", "knn", "linear", "classifier", "features", "splits", "trials", "folders", "data")
+
+
+def eval_code_id() -> str:
+    h = hashlib.sha256()
+    for name in EVAL_CODE:
+        h.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _row_key(name: str, source: str, data: str, cfg: ReportConfig, extra: str) -> str:
     s = asdict(cfg.settings)
     what = json.dumps([name, source, data, cfg.seed, cfg.draws, cfg.val_fraction, cfg.limit, cfg.test_limit,
-                       sorted(cfg.labels_per_class or []), s, extra], default=str, sort_keys=True)
+                       sorted(cfg.labels_per_class or []), s, extra, eval_code_id()], default=str, sort_keys=True)
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
-def _cached(cache_dir, name: str, key: str, compute):
-    """``compute()``, or its saved result when ``cache_dir`` holds one with the same key (tensors and
-    plain values only: read with ``weights_only=True``)."""
-    if cache_dir is None:
-        return compute()
-    path = Path(cache_dir) / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}-{key}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    out = compute()
-    from ..files import atomic_write
+def row_file(name: str, key: str) -> str:
+    return f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}-{key}.pt"
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(out, tmp))
+
+def _cached(cache_dir, name: str, key: str, compute, reuse=None, said=lambda msg: None):
+    """``compute()``, or its saved result when ``cache_dir`` (or the read-only ``reuse``) holds one with the
+    same key (tensors and plain values only: read with ``weights_only=True``). Computed rows go to ``cache_dir``."""
+    for d in (cache_dir, reuse):
+        if d is not None and (Path(d) / row_file(name, key)).exists():
+            said(f"   reusing the evaluated row {_shown(Path(d) / row_file(name, key))} (same data, settings, weights "
+                 "and evaluation code)")
+            return torch.load(Path(d) / row_file(name, key), map_location="cpu", weights_only=True)
+    out = compute()
+    if cache_dir is not None:
+        from ..files import atomic_write
+
+        path = Path(cache_dir) / row_file(name, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(out, tmp))
     return out
 
 
 def _source_id(spec, model) -> str:
-    """What identifies an encoder's weights for the cache: its file's size and time, else its recipe."""
+    """What identifies an encoder's weights for the cache: the SHA-256 of its weights file (so a committed
+    cache is reused from a fresh clone, where paths and times differ), else of its parameters and buffers
+    (the random init: a change to how a recipe initialises makes a new row), with its recipe."""
     p = Path(_model_dir(spec)) if isinstance(spec, (str, Path)) else None
     f = p / "model.safetensors" if p is not None and p.is_dir() else p
-    if f is not None and f.exists():
-        st = f.stat()
-        return f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return json.dumps(getattr(model, "mimkit_config", None), default=str, sort_keys=True)
+    h = hashlib.sha256()
+    if f is not None and f.is_file():
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return f"sha256:{h.hexdigest()}"
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{h.hexdigest()}:" + json.dumps(getattr(model, "mimkit_config", None), default=str, sort_keys=True)
 
 
 def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config: ReportConfig | None = None,
@@ -272,7 +298,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
             key = _row_key(name, source, str(data), cfg, extra)
             results[name] = _cached(cfg.cache_dir, name, key, lambda: evaluate_row(
                 tr, ytr, te, yte, fit_rows=fit, val_rows=val, subsets=subsets, num_classes=nc, s=rs,
-                progress=lambda msg: say(f"   {msg}", cfg.progress)))
+                progress=lambda msg: say(f"   {msg}", cfg.progress)), cfg.reuse_rows, lambda m: say(m, cfg.progress))
             notes.extend(f"{name}: {n}" for n in dict.fromkeys(results[name]["notes"]))
 
     run_row(RAW, "raw", lambda: (raw_vectors(rd.train.images, rd.mean, rd.std),
@@ -464,6 +490,7 @@ def report_after_training(run_dir, cfg: dict) -> dict | None:
         options = {"settings": Settings(protocols=tuple(protos))} if protos else {}
         report = build_report([run_dir / "model"], cfg["run"]["report"], run_dir / "report", names=[run_dir.name],
                               limit=lim, test_limit=lim, **options, pairs=[(run_dir.name, RANDOM)],
+                              reuse_rows=cfg["run"].get("report_rows"), cache_dir=run_dir / "report" / "rows",
                               seed=int(cfg["run"].get("seed") or 0), mean=d.get("mean"), std=d.get("std"),
                               progress=bool(cfg.get("trainer", {}).get("enable_progress_bar", True)))
     except (ValueError, FileNotFoundError, TypeError, KeyError) as e:

@@ -80,6 +80,7 @@ DEFAULTS: dict = {
         "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit pretrain` then writes `mimkit report` of the model into <run>/report
         "report_limit": None,  # the report reads only N training and N test images (a quick look; None: all)
         "report_protocols": None,  # frozen protocols of the report (default all: knn, linear, logreg)
+        "report_rows": None,  # a read-only folder of evaluated rows the report reuses when their key matches
     },
 }
 
