@@ -1,7 +1,7 @@
 """benchmarks/fmnist_quality.py end to end on a tiny budget: budget-true pretraining, each point judged by
 mimkit report's protocols beside raw pixels and random init, with intervals and verdicts, its model and rows
-kept; a run from the committed copies alone (a fresh clone) that neither pretrains nor evaluates again; a later
-run that adds its point to the same JSON."""
+kept; a later run from the committed copies alone (a fresh clone) that pretrains and evaluates only its new
+point and adds it to the same JSON."""
 import json
 import sys
 from pathlib import Path
@@ -47,39 +47,30 @@ def test_curve_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     assert str(tmp_path) not in (tmp_path / "res" / "q.json").read_text()  # no absolute path of this machine
     capsys.readouterr()
 
-    # a fresh clone has the committed copies (--models) and rows (--rows) but no work dir: the points are neither
-    # pretrained nor evaluated again (a row's key is its weights' SHA-256, not the path they were first read from)
+    # a fresh clone has the committed copies (--models) and rows (--rows) but no work dir; a later run there with
+    # budgets 0.04 (made before) and 0.06 (new): only 0.06 is pretrained and evaluated (a row's key is its weights'
+    # SHA-256, not the path they were first read from), and 0.08 is kept from the JSON, with its report
     import shutil
 
     import mimkit.eval.report as report_module
 
     shutil.rmtree(tmp_path / "work")
-    rows = sorted(p.name for p in (tmp_path / "res" / "rows").iterdir())
-    assert len(rows) == 4  # raw pixels, the random init and the two points
-
-    def no_evaluation(*a, **k):
-        raise AssertionError("a committed row was evaluated again")
-    monkeypatch.setattr(report_module, "evaluate_row", no_evaluation)
-    assert fmnist_quality.main(args) == 0
-    assert sorted(p.name for p in (tmp_path / "res" / "rows").iterdir()) == rows
-    text = capsys.readouterr().out
-    assert text.count("reusing the finished run in") == 2 and "pretraining with a" not in text
-    fresh = json.loads((tmp_path / "res" / "q.json").read_text())
-    assert fresh["curve"] == q["curve"] and fresh["raw_pixels"] == q["raw_pixels"]
-    assert {m: p["knn"]["accuracy"] for m, p in fresh["curve"]["mae_vit_tiny_patch4_28"].items()} == \
-        {m: p["knn"]["accuracy"] for m, p in pts.items()}
-
-    # a later run with another budget adds its point to the same --out, its own report beside the earlier one
-    monkeypatch.undo()
+    assert len(list((tmp_path / "res" / "rows").iterdir())) == 4  # raw pixels, the random init and the two points
+    evaluated = []
+    real = report_module.evaluate_row
+    monkeypatch.setattr(report_module, "evaluate_row", lambda *a, **k: evaluated.append(1) or real(*a, **k))
     later = args[:]
-    later[later.index("--curve") + 1] = "0.06"
+    later[later.index("--curve") + 1] = "0.04,0.06"
     assert fmnist_quality.main(later) == 0
-    assert "keeping the earlier points" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert text.count("reusing the finished run in") == 1 and text.count("pretraining with a") == 1
+    assert len(evaluated) == 1 and len(list((tmp_path / "res" / "rows").iterdir())) == 5
+    assert "keeping the earlier points" in text
     merged = json.loads((tmp_path / "res" / "q.json").read_text())
     mae = merged["curve"]["mae_vit_tiny_patch4_28"]
-    assert list(mae) == ["0.04", "0.06", "0.08"]
-    assert mae["0.04"] == {**fresh["curve"]["mae_vit_tiny_patch4_28"]["0.04"], "report": mae["0.04"]["report"]}
-    assert mae["0.04"]["report"].endswith("fmnist_report/report.md")
+    assert list(mae) == ["0.04", "0.06", "0.08"] and merged["raw_pixels"] == q["raw_pixels"]
+    assert mae["0.04"]["knn"] == pts["0.04"]["knn"] and mae["0.08"] == pts["0.08"]  # reused row; kept point
+    assert pts["0.08"]["report"].endswith("fmnist_report/report.md")
     assert mae["0.06"]["report"].endswith("fmnist_report_mae/report.md") and merged["report"] == mae["0.06"]["report"]
     assert (tmp_path / "res" / "fmnist_report" / "report.md").exists()  # the earlier report is not overwritten
     assert set(merged["crossover"]["mae_vit_tiny_patch4_28"]) == {"knn", "linear", "logreg", "best_linear"}
