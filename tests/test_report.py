@@ -395,3 +395,22 @@ def test_demo_rows_copies_the_baselines_of_a_finished_demo(tmp_path, capsys):
     (rows / "random_init-bbbb.pt").unlink()
     with pytest.raises(SystemExit, match="holds no rows of raw_pixels and random_init"):
         demo_rows.main(["--from", str(tmp_path / "run"), "--to", str(dest)])
+
+
+def test_a_folder_changed_under_the_same_path_is_evaluated_again(tiny_run, tmp_path, monkeypatch):
+    """A row of a user's folder is keyed by its images, not its path: files replaced in place make new rows."""
+    from mimkit.eval import report as rmod
+
+    root = tmp_path / "folder"
+    write_pngs(root / "train", {c: 40 for c in (0, 1, 7)})
+    write_pngs(root / "test", {c: 12 for c in (0, 1, 7)}, split_offset=40)
+    calls = []
+    real = rmod.evaluate_row
+    monkeypatch.setattr(rmod, "evaluate_row", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opts = dict(labels_per_class=[], settings=QUICK, cache_dir=tmp_path / "rows", progress=False)
+    build_report([str(tiny_run)], str(root), None, **opts)
+    build_report([str(tiny_run)], str(root), None, **opts)
+    assert len(calls) == 3  # the same images: all three rows reused
+    write_pngs(root / "train", {0: 40}, split_offset=200)  # the class's images replaced, same file names
+    build_report([str(tiny_run)], str(root), None, **opts)
+    assert len(calls) == 6

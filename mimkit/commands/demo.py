@@ -14,7 +14,7 @@ MAX_MINUTES = 15.0  # the demo's budgets: with its report, 45-50 minutes (~30 wi
 MARGIN = 0.02  # the validation lead over raw pixels a demo budget must show, on 20-NN or the linear probe
 CURVE = Path(__file__).resolve().parents[2] / "results" / "fmnist_quality.json"  # the measured quality curve
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# raw pixels' and the random init's rows of the demo's report, committed (``python benchmarks/demo_rows.py``): the
+# raw pixels' and the random init's rows of the demo's report, committed (``python scripts/demo_rows.py``): the
 # same numbers the report would compute (the key holds the data, settings, weights and evaluation code), in a
 # second instead of ~18 minutes; stale rows (code or settings changed) are evaluated again
 ROWS = Path(__file__).resolve().parents[2] / "results" / "demo" / "rows"

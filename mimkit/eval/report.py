@@ -205,8 +205,24 @@ def _source_id(spec, model) -> str:
         return f"sha256:{h.hexdigest()}"
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, v)
     return f"sha256:{h.hexdigest()}:" + json.dumps(getattr(model, "mimkit_config", None), default=str, sort_keys=True)
+
+
+def _hash_tensor(h, t: torch.Tensor) -> None:
+    h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _data_id(data, rd, cfg: ReportConfig) -> str:
+    """What identifies the images for the cache: the built-in Fashion-MNIST by its name (its files are fixed),
+    anything else (a folder, whose files may change under the same path; other mean / std) by the SHA-256 of
+    the images and labels exactly as the encoders receive them."""
+    if str(data) == "fashion_mnist" and cfg.mean is None and cfg.std is None and cfg.root is None:
+        return str(data)
+    h = hashlib.sha256()
+    for t in (rd.train.images, rd.train.labels, rd.test.images, rd.test.labels):
+        _hash_tensor(h, torch.as_tensor(t))
+    return f"{data}:sha256:{h.hexdigest()}"
 
 
 def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config: ReportConfig | None = None,
@@ -281,6 +297,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
              f"images drawn per class; scarce subsets {sizes} per class x {cfg.draws} draws", cfg.progress)
 
     results, vectors, encoders = {}, {}, {}
+    data_id = _data_id(data, rd, cfg) if cfg.cache_dir is not None or cfg.reuse_rows is not None else str(data)
 
     def run_row(name: str, source: str, make_vectors) -> None:
         # raw pixels' logistic regression keeps every vector up to a memory-safe width (all five for images up to
@@ -295,7 +312,7 @@ def build_report(checkpoints, data: str = "fashion_mnist", out_dir=None, config:
                 extra += f"|logreg<={rs.logreg_max_dims}"  # (the key changes only where the limit bites)
                 notes.append(f"raw_pixels: logistic regression left out the preprocessings wider than "
                              f"{rs.logreg_max_dims} numbers (memory), so it had fewer trials than 20-NN and the probe")
-            key = _row_key(name, source, str(data), cfg, extra)
+            key = _row_key(name, source, data_id, cfg, extra)
             results[name] = _cached(cfg.cache_dir, name, key, lambda: evaluate_row(
                 tr, ytr, te, yte, fit_rows=fit, val_rows=val, subsets=subsets, num_classes=nc, s=rs,
                 progress=lambda msg: say(f"   {msg}", cfg.progress)), cfg.reuse_rows, lambda m: say(m, cfg.progress))
