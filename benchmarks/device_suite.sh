@@ -21,7 +21,7 @@ bash scripts/get_data.sh >/dev/null 2>&1 || true
 start=$(date +%s)
 
 if [ "$SMOKE" = 1 ]; then
-  THROUGHPUT=(--device cpu --size tiny --batch 8 --steps 2 --warmup 1 --repeats 1 --modes eager)
+  THROUGHPUT=(--device cpu --size tiny --batch 8 --steps 2 --warmup 1 --repeats 1 --modes eager --in-process)
   PRETRAIN=(trainer.accelerator=cpu trainer.max_steps=6 data.limit=2048 data.batch_size=64 trainer.log_every_n_steps=2)
   KNN=(--limit 2048 --test-limit 512 --device cpu)
   MINUTES=0.2

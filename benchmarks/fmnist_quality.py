@@ -238,9 +238,9 @@ def main(argv=None) -> int:
     if args.table:
         print_summary(json.loads(Path(args.out).read_text()))
         return 0
-    from mimkit.eval.protocols import Settings, crossover
+    from mimkit.eval.protocols import crossover
     from mimkit.eval.render import plot_curve
-    from mimkit.eval.report import build_report
+    from mimkit.eval.report import build_report, probe_settings
     from mimkit.train.budget import read_schedule
 
     t0, out = time.time(), Path(args.out)
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     print("== every point, raw pixels and the random init: mimkit report's protocols ==", flush=True)
     report = build_report([d for _, _, d in points.values()], "fashion_mnist", report_dir,
                           names=names, labels_per_class=args.labels_per_class, draws=args.draws, seed=args.seed,
-                          settings=Settings(probe_epochs=args.probe_epochs), limit=args.limit, test_limit=args.test_limit,
+                          settings=probe_settings(args.probe_epochs), limit=args.limit, test_limit=args.test_limit,
                           finetune_minutes=args.finetune_minutes, pretrain_minutes=pre,
                           pairs=[(n, "random_init") for n in names],  # what pretraining adds to the same ViT
                           cache_dir=Path(args.rows), progress=not args.no_progress)

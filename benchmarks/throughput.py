@@ -282,6 +282,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="CPU: leave glibc malloc as it is (mimkit pretrain tunes it; see mimkit.train.allocator)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every measurement in this process instead of one subprocess each: a quick check that "
+                         "every method runs (device_suite.sh --cpu-smoke), not a measurement (the runs share memory "
+                         "and caches)")
     ap.add_argument("--out", default="throughput.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -309,14 +313,23 @@ def main() -> int:
                     warmup=warmup, threads=args.threads, repeat=rep, malloc_tuning=not args.no_malloc_tuning)
         print(f"[{i}/{len(runs)}] {impl:12s} {method:7s} {mode:8s} #{rep + 1} ...", end=" ", flush=True)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"failed: {err}")
-            results.append({**spec, "error": err})
-            continue
-        r = json.loads(line[7:])
+        if args.in_process:
+            try:
+                r = worker(spec)
+            except Exception as e:  # noqa: BLE001  (one failed method is a row of the table, not the end of it)
+                print(f"failed: {type(e).__name__}: {e}")
+                results.append({**spec, "error": f"{type(e).__name__}: {e}"})
+                continue
+        else:
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                  text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"failed: {err}")
+                results.append({**spec, "error": err})
+                continue
+            r = json.loads(line[7:])
         results.append(r)
         print(f"{r['images_per_s']:9.1f} img/s  ({time.time() - t0:.0f} s)")
 

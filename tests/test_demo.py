@@ -10,7 +10,7 @@ def test_demo_prints_the_encoder_beside_raw_pixels(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--recipe", "mae_vit_tiny_patch4_28", "--limit", "256", "--minutes", "0.05", "--report-limit", "600",
                  "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
                  "model.decoder_depth=1", "model.decoder_num_heads=2", "data.batch_size=64",
-                 "trainer.enable_progress_bar=false"]) == 0
+                 "trainer.enable_progress_bar=false", "run.report_probe_epochs=2"]) == 0
     text = capsys.readouterr().out
     r = json.loads((out / "demo_results.json").read_text())
     assert 0.6 < r["knn20_raw_pixels"] < 0.9 and 0 < r["knn20"] <= 1  # 600 train / test images of the real split

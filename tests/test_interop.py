@@ -77,11 +77,13 @@ def assert_same_tensors(a: dict, b: dict, skip=()):
 
 def timm_encode(tm, x):
     """timm features in ``model.encode``'s layout. Swin gives the last stage NHWC; mimkit's Swin
-    ``encode`` puts the mean token (timm's pooled feature) in front of the flattened tokens."""
+    ``encode`` puts the mean token (timm's pooled feature) in front of the flattened tokens. A ViT gives
+    its tokens as they are: the class token first, or (I-JEPA) the patch tokens alone."""
     f = tm.forward_features(x)
-    no_cls = f.ndim == 4 or getattr(tm, "cls_token", 1) is None  # Swin, I-JEPA: the mean token in front
-    f = f.flatten(1, 2) if f.ndim == 4 else f
-    return torch.cat([f.mean(1, keepdim=True), f], dim=1) if no_cls else f
+    if f.ndim == 4:
+        f = f.flatten(1, 2)
+        return torch.cat([f.mean(1, keepdim=True), f], dim=1)
+    return f
 
 
 def non_encoder_args(model):
@@ -125,7 +127,8 @@ def test_timm_features_equal_encode(method):
     assert tm.num_classes == 0
     ours = model.encode(x)
     assert (timm_encode(tm, x) - ours).abs().max() < 1e-5
-    assert (tm(x) - ours[:, 0]).abs().max() < 1e-5  # timm's pooled feature: cls (ViT, BEiT) / mean (Swin)
+    pooled = ours.mean(1) if method == "ijepa" else ours[:, 0]  # timm's pooled feature: cls (ViT, BEiT) / mean
+    assert (tm(x) - pooled).abs().max() < 1e-5
     # and back: a timm encoder evaluated through mimkit
     back = from_timm(tm, method=method, **non_encoder_args(model))
     assert_same_tensors(model.encoder.state_dict(), back.encoder.state_dict(), skip={"mask_token"})
@@ -319,7 +322,8 @@ def test_non_square_and_other_resolution(method, tmp_path):
     resized = mimkit.load(tmp_path / "m", img_size=size)
     x = images(model, size)
     feats = resized.encode(x)
-    n_out = 1 + ((size[0] // 8) * (size[1] // 8) if method == "simmim_swin" else (size[0] // 4) * (size[1] // 4))
+    prefix = 0 if method == "ijepa" else 1  # a class token (Swin: the mean token) in front; I-JEPA has none
+    n_out = prefix + ((size[0] // 8) * (size[1] // 8) if method == "simmim_swin" else (size[0] // 4) * (size[1] // 4))
     assert feats.shape[:2] == (2, n_out) and torch.isfinite(feats).all()
     assert torch.isfinite(forward(resized, x, fixed_mask(resized, size=size)).loss)
     if method != "simmim_swin":  # ViT-style encoders also adapt on the fly, identically

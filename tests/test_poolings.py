@@ -40,6 +40,29 @@ def test_both_and_last4_pools_are_what_they_say():
     assert feats["tokens"].shape == (6, 32 * 49) and torch.allclose(feats["tokens"], want.flatten(1), atol=1e-5)
 
 
+@pytest.mark.parametrize("recipe", ["mae_vit_tiny_patch4_28", "simmim_vit_tiny_patch4_28", "beit_vit_tiny_patch4_28",
+                                    "maskfeat_vit_tiny_patch4_28", "data2vec2_vit_tiny_patch4_28",
+                                    "ijepa_vit_tiny_patch4_28", "ibot_vit_tiny_patch4_28"])
+def test_every_method_gives_every_frozen_pooling_it_offers(recipe):
+    """What the report extracts from each method: ``encode`` puts exactly the encoder's prefix tokens (a class
+    token or none: I-JEPA) before the patch tokens, so mean and the token map read the patches alone (I-JEPA's
+    15-minute curve point once failed here: its encode put a mean token in front that no one counted)."""
+    extra = {"top_k_layers": 2} if recipe.startswith("data2vec2") else {}  # its targets average the top blocks
+    m = mimkit.create(recipe, embed_dim=32, depth=2, num_heads=2, **extra).eval()
+    x = torch.randn(3, 1, 28, 28)
+    pools = frozen_pools(m)
+    feats, _ = extract_features(m, TensorDataset(x, torch.zeros(3)), pools, 4, progress=False)
+    with torch.no_grad():
+        tok = m.feature_encoder()(x).last_hidden_state
+    patches = tok[:, -49:]
+    assert tok.shape[1] == 49 + (1 if "cls" in pools else 0) and torch.equal(m.encode(x), tok)
+    assert torch.allclose(feats["mean"], patches.mean(1), atol=1e-6)
+    want = torch.nn.functional.layer_norm(patches, (32,)).reshape(3, 7, 7, 32).permute(0, 3, 1, 2).flatten(1)
+    assert torch.allclose(feats["tokens"], want, atol=1e-5) and feats["last4"].shape == (3, 2 * 32)
+    if "cls" in pools:
+        assert torch.equal(feats["cls"], tok[:, 0])
+
+
 def test_tokens_pool_to_at_most_a_7x7_grid():
     from mimkit.eval.features import token_map
 

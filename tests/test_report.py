@@ -286,6 +286,9 @@ def test_bad_values(tiny_run, png_folder, tmp_path, capsys):
         validate(load_config(None, ["run.report=/no/such/folder"]))
     with pytest.raises(ValueError, match="run.report_protocols must be a non-empty list of"):
         validate(load_config(None, ["run.report_protocols=[knn,svm]"]))
+    for bad in ("0", "2.5", "ten"):
+        with pytest.raises(ValueError, match="run.report_probe_epochs must be a whole number of epochs >= 1"):
+            validate(load_config(None, [f"run.report_probe_epochs={bad}"]))
 
 
 # ---- pretraining with run.report, and the benchmark script ---------------------------------------
@@ -294,7 +297,7 @@ def test_pretrain_writes_the_report_into_the_run(png_folder, tmp_path, capsys):
 
     ov = [f"run.dir={tmp_path / 'run'}", f"run.report={png_folder}", "data.limit=128", "data.batch_size=64",
           "trainer.max_steps=2", "trainer.max_epochs=-1", "trainer.enable_progress_bar=false", "run.recon_images=0",
-          *[f"model.{k}={v}" for k, v in TINY.items()]]
+          "run.report_probe_epochs=2", *[f"model.{k}={v}" for k, v in TINY.items()]]
     assert main(["pretrain", *ov]) == 0  # the command writes the report (mimkit.train imports no evaluation)
     run = tmp_path / "run"
     rep = json.loads((Path(run) / "report" / "report.json").read_text())
@@ -302,6 +305,7 @@ def test_pretrain_writes_the_report_into_the_run(png_folder, tmp_path, capsys):
     assert {(c["a"], c["b"]) for c in rep["pairs"]} == {("run", "random_init")}  # what pretraining adds, paired
     assert "## Between encoders" in (Path(run) / "report" / "report.md").read_text()
     assert rep["labels_per_class"] == [10] and any("left out" in n for n in rep["notes"])  # 67 per class to draw from
+    assert rep["settings"]["probe_epochs"] == 2 and rep["settings"]["max_probe_epochs"] == 8  # run.report_probe_epochs
     assert (Path(run) / "report" / "neighbours.png").exists()
     assert "mimkit: report" in capsys.readouterr().out
 

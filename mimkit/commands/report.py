@@ -85,11 +85,9 @@ def run(args) -> int:
     if args.name and len(args.name) != len(args.checkpoint):
         raise ValueError(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint; give one per "
                          "checkpoint or none")
-    from dataclasses import replace
+    from mimkit.eval.report import probe_settings
 
-    from mimkit.eval.protocols import Settings
-
-    settings = replace(Settings(), probe_epochs=args.probe_epochs, max_probe_epochs=4 * args.probe_epochs, folds=args.folds)
+    settings = probe_settings(args.probe_epochs, folds=args.folds)
     report = build_report(args.checkpoint, args.data, args.out, names=args.name, labels_per_class=sizes,
                           seed=args.seed, pool=args.pool, draws=args.draws, settings=settings,
                           finetune_minutes=args.finetune_minutes, pretrain_minutes=args.pretrain_minutes,

@@ -41,6 +41,16 @@ from .render import RANDOM, RAW, accuracy, find, report_table, verdict_table  # 
 DEFAULT_LABELS_PER_CLASS = (10, 100)
 
 
+def probe_settings(probe_epochs: int = 50, **changes) -> Settings:
+    """The protocols' settings with the probe's epochs as ``mimkit report --probe-epochs`` sets them:
+    ``probe_epochs`` with all labels and at most four times as many on small label sets (the defaults,
+    50 and 200, are :class:`Settings`' own, so a default run's rows keep their keys)."""
+    epochs = int(probe_epochs)
+    if epochs < 1:
+        raise ValueError(f"the probe needs at least 1 epoch, got {probe_epochs!r}")
+    return replace(Settings(**changes), probe_epochs=epochs, max_probe_epochs=4 * epochs)
+
+
 @dataclass
 class ReportConfig:
     """Everything a report can be asked, beside the checkpoints, the data and the output folder."""
@@ -361,7 +371,7 @@ def _protocol_text(s: Settings, cfg: ReportConfig, n_val: int, ft) -> dict:
     return {
         "knn": f"{s.k}-NN: L2-normalised vectors, cosine similarity, votes weighted by exp(sim / 0.07)",
         "linear": f"BatchNorm1d(affine=False) + Linear on cached vectors, SGD, base lr chosen from {list(s.blrs)}, "
-                  f"{s.probe_epochs} epochs with all labels (more on small sets, at most 200)",
+                  f"{s.probe_epochs} epochs with all labels (more on small sets, at most {s.max_probe_epochs})",
         "logreg": f"scikit-learn logistic regression (lbfgs, {s.logreg_iters} iterations) on standardised vectors, C "
                   f"chosen from {list(s.cs)}",
         "best_linear": "of the probe and logistic regression, the one with the higher accuracy on the choice data",
@@ -504,7 +514,8 @@ def report_after_training(run_dir, cfg: dict) -> dict | None:
     d = cfg.get("data", {})
     try:
         lim, protos = cfg["run"].get("report_limit"), cfg["run"].get("report_protocols")
-        options = {"settings": Settings(protocols=tuple(protos))} if protos else {}
+        epochs = cfg["run"].get("report_probe_epochs") or Settings.probe_epochs
+        options = {"settings": probe_settings(epochs, **({"protocols": tuple(protos)} if protos else {}))}
         report = build_report([run_dir / "model"], cfg["run"]["report"], run_dir / "report", names=[run_dir.name],
                               limit=lim, test_limit=lim, **options, pairs=[(run_dir.name, RANDOM)],
                               reuse_rows=cfg["run"].get("report_rows"), cache_dir=run_dir / "report" / "rows",

@@ -98,10 +98,10 @@ class IJEPA(MIMModel):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(N, 1+L, D): I-JEPA has no class token; the mean of the patch tokens (its pooling, as
-        ``IJepaForImageClassification``) stands in front of them, so cls/mean pooling both work."""
-        tokens = self.encoder(images, **kwargs).last_hidden_state
-        return torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1)
+        """(N, L, D): the patch tokens only, as ``IJepaModel`` gives them. I-JEPA has no class token, so
+        nothing stands in front of them (an evaluation reads ``num_prefix_tokens`` = 0 from the encoder, and
+        its pooling is the mean, as ``IJepaForImageClassification``)."""
+        return self.encoder(images, **kwargs).last_hidden_state
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.teacher.update(self.encoder, linear_schedule(step, *self.ema, total_steps))

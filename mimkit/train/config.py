@@ -80,6 +80,7 @@ DEFAULTS: dict = {
         "report": None,  # a labelled ImageFolder or fashion_mnist: `mimkit pretrain` then writes `mimkit report` of the model into <run>/report
         "report_limit": None,  # the report reads only N training and N test images (a quick look; None: all)
         "report_protocols": None,  # frozen protocols of the report (default all: knn, linear, logreg)
+        "report_probe_epochs": 50,  # the report's linear probe: epochs with all labels (at most 4x on small label sets)
         "report_rows": None,  # a read-only folder of evaluated rows the report reuses when their key matches
     },
 }
@@ -250,6 +251,9 @@ def _validate_report(cfg: dict) -> None:
     known = ("knn", "linear", "logreg")
     if protos is not None and (isinstance(protos, str) or not protos or any(p not in known for p in protos)):
         raise ValueError(f"run.report_protocols must be a non-empty list of {list(known)}, got {protos!r}")
+    epochs = cfg["run"].get("report_probe_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"run.report_probe_epochs must be a whole number of epochs >= 1, got {epochs!r}")
     if rep in (None, "", False):
         return
     from pathlib import Path
