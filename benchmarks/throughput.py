@@ -363,11 +363,9 @@ def main() -> int:
         def mem(r):
             return f"{r[mem_key]:.{2 if gpu else 0}f}" if r and r.get(mem_key) is not None else "-"
         sp = f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"
-        if method not in PEERS:  # no transformers class for this method
-            b_txt = "-"
-        else:
-            b_txt = ips(b)
-        row = f"| {method} | {mode} | {ips(a)} | {b_txt} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
+        b_txt = ips(b) if method in PEERS and "transformers" in impls else "-"  # no peer class, or not asked for
+        a_txt = ips(a) if "mimkit" in impls else "-"
+        row = f"| {method} | {mode} | {a_txt} | {b_txt} | {sp} | {fmt(a)} | {fmt(b)} | {mem(a)} | {mem(b)} |"
         if gpu:
             row += f" {SPEC_PEERS_H100.get(method, {}).get(mode, '-')} |"
         print(row)

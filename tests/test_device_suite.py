@@ -25,3 +25,20 @@ def test_device_suite_cpu_smoke(tmp_path):
     assert all(0.1 < r["acc"] <= 1 for r in knn["results"].values())  # better than chance on 10 classes
     assert "| mae | eager |" in r.stdout and "pretraining:" in r.stdout
     assert (tmp_path / "fmnist_run" / "model" / "model.safetensors").exists()
+
+
+def test_throughput_worker_subprocess_round_trip(tmp_path):
+    """The device suite's smoke times every method in one process (--in-process); the device itself runs one
+    subprocess per measurement, whose spec goes out as JSON and whose result comes back as a RESULT line.
+    That round trip is checked here once, on the cheapest row."""
+    out = tmp_path / "t.json"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else "python",
+                        str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu", "--size", "tiny", "--batch", "8",
+                        "--steps", "1", "--warmup", "1", "--repeats", "1", "--modes", "eager", "--methods", "mae",
+                        "--impls", "mimkit", "--threads", "1", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads(out.read_text())["median"]
+    mae = next(row for row in rows if row["method"] == "mae")
+    assert mae["mimkit_images_per_s"] > 0 and "failed" not in r.stdout

@@ -96,13 +96,6 @@ class IJEPA(MIMModel):
         loss = F.smooth_l1_loss(pred.float(), y, beta=1.0)
         return MIMOutput(loss=loss, pred=pred.reshape(-1, pred.shape[-1]), mask=hidden.float())
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(N, L, D): the patch tokens only, as ``IJepaModel`` gives them. I-JEPA has no class token, so
-        nothing stands in front of them (an evaluation reads ``num_prefix_tokens`` = 0 from the encoder, and
-        its pooling is the mean, as ``IJepaForImageClassification``)."""
-        return self.encoder(images, **kwargs).last_hidden_state
-
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.teacher.update(self.encoder, linear_schedule(step, *self.ema, total_steps))
 
