@@ -20,7 +20,8 @@ fitted on the training images outside a per-class validation split (1/6, :func:`
 and scored on that split; the test set is not read. Trial budgets keep the shared clock's ratio: scratch
 MINUTES, pretrained MINUTES * (T - P) / T. Each finished trial is a line of ``results/finetune_tune_<T>min.jsonl``
 (rerun: finished trials are kept), and the best of each side is written to ``results/finetune_tune_<T>min.json``;
-``--recipes that.json`` then runs the two arms with the chosen recipes.
+``--recipes that.json`` then runs the two arms with the chosen recipes. Another method's curve model (``--model``)
+keeps its own trials and results (its directory's name is added to each file's name).
 
     python benchmarks/finetune_shared.py --total 30 --tune 4
 
@@ -32,6 +33,12 @@ replaces it; ``--recipes`` then runs the pretrained arm from the model chosen.
 
     python benchmarks/finetune_shared.py --total 30 --tune 3 --alt-model results/curve/mae_vit_tiny_patch4_28-7.5min
     python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
+
+**An EMA of the weights** (``--ema DECAY``, with ``--tune``): likewise one more trial per side, each at the recipe
+it has chosen so far plus a moving average of its weights (timm ``ModelEmaV3``, warm-up, decay capped at DECAY),
+kept only where it is better on validation.
+
+    python benchmarks/finetune_shared.py --total 30 --tune 3 --ema 0.999
 """
 
 from __future__ import annotations
@@ -72,9 +79,13 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", help="a --tune result: run the two arms with the recipes it chose")
     p.add_argument("--alt-model", help="with --tune, another curve model (another pretraining share of --total): "
                                        "one more trial on each side, chosen on validation (see the module doc)")
+    p.add_argument("--ema", type=float, metavar="DECAY", help="with --tune, one more trial on each side: its chosen "
+                                                              "recipe with an EMA of the weights (see the module doc)")
     p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
     chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
+    other = args.model != p.get_default("model")  # another method's curve model: its own trials and results
+    args.model_tag = f"_{Path(args.model).name}" if other else ""
     if chosen.get("pretrained", {}).get("model"):  # the search chose another pretraining share
         args.model = chosen["pretrained"]["model"]
     model_dir = ROOT / args.model
@@ -88,11 +99,13 @@ def main(argv=None) -> int:
     data = load_report_data("fashion_mnist", model, progress=False)
     if args.tune:
         return tune(args, model, data, pre)
-    tag = "_tuned" if chosen else ""
+    tag = ("_tuned" if chosen else "") + args.model_tag
     out = Path(args.out or ROOT / "results" / f"finetune_shared_{args.total:g}min{tag}.json")
     res = json.loads(out.read_text()) if out.exists() and not args.rerun else {}
+    earlier = {"model": res.get("model"), "recipes": res.get("recipes", {})}  # what finished arms ran with
     res.update(
         command=f"python benchmarks/finetune_shared.py --total {args.total:g}"
+        + (f" --model {args.model}" if other else "")
         + (f" --recipes {args.recipes}" if args.recipes else ""),
         model=args.model,
         total_minutes=args.total,
@@ -104,12 +117,19 @@ def main(argv=None) -> int:
     correct = {}
     for name, (m, minutes, decay) in arms.items():
         cache = out.with_name(out.stem + f"_{name}.pt")
-        if name in res.get("arms", {}) and cache.exists():
-            correct[name] = torch.load(cache, weights_only=True)
-            print(f"finetune_shared: {name} already measured ({res['arms'][name]['accuracy']:.4f}); kept", flush=True)
-            continue
-        t0 = time.time()
         recipe = {"layer_decay": decay, **chosen.get(name, {}).get("recipe", {})}
+        source = args.model if name == "pretrained" else "random init"
+        arm = res.get("arms", {}).get(name)
+        if arm and cache.exists():  # an arm finished earlier is kept only if it ran this recipe on this model
+            ran = arm.get("recipe", {"layer_decay": arm["layer_decay"], **earlier["recipes"].get(name, {}).get("recipe", {})})
+            ran_on = arm.get("source", earlier["model"] if name == "pretrained" else "random init")
+            if ran == recipe and ran_on == source and arm["minutes"] == minutes:
+                correct[name] = torch.load(cache, weights_only=True)
+                print(f"finetune_shared: {name} already measured ({arm['accuracy']:.4f}); kept", flush=True)
+                continue
+            print(f"finetune_shared: {name} ran {ran} on {ran_on} for {arm['minutes']} min before; now {recipe} on "
+                  f"{source} for {minutes} min: measuring it again", flush=True)
+        t0 = time.time()
         r = finetune_for_minutes(
             m,
             train_aug,
@@ -130,6 +150,8 @@ def main(argv=None) -> int:
             "measured_minutes": r["minutes"],
             "steps": r.get("steps"),
             "layer_decay": decay,
+            "recipe": recipe,
+            "source": source,
             "wall_minutes": round((time.time() - t0) / 60, 2),
         }
         torch.save(r["correct"], cache)
@@ -163,7 +185,8 @@ def tune(args, model, data, pre: float) -> int:
     from mimkit.eval.splits import validation_split
 
     fit_aug, val_set = choice_sets(data, *validation_split(data.train.labels, seed=args.seed))
-    log = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min.jsonl"
+    tag = getattr(args, "model_tag", "")  # another --model keeps its own trials
+    log = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min{tag}.jsonl"
     done = {side: {} for side in FINETUNE_TRIALS}
     if log.exists() and not args.rerun:
         for line in log.read_text().splitlines():
@@ -179,6 +202,18 @@ def tune(args, model, data, pre: float) -> int:
             f"({t['measured_minutes']} min)",
             flush=True,
         )
+
+    def one_more(side, m, mins, trial, model_path=None):
+        """One trial beyond the search for ``side``; it replaces the choice only when better on validation."""
+        got = tune_finetune(m, side, fit_aug, val_set, data.num_classes, mins, done=done[side], on_trial=keep,
+                            batch_size=args.batch_size, seed=args.seed, trials={side: (trial,)})
+        if model_path:
+            got["chosen"]["model"] = model_path
+            for t in got["trials"]:
+                t["model"] = model_path
+        if got["chosen"]["val_acc"] > found[side]["chosen"]["val_acc"]:  # a tie keeps the earlier choice
+            found[side]["chosen"] = got["chosen"]
+        found[side]["trials"] = found[side]["trials"] + got["trials"]
 
     found = {}
     for side in FINETUNE_TRIALS:
@@ -208,22 +243,27 @@ def tune(args, model, data, pre: float) -> int:
                   "scratch": (random_init_like(model, args.seed), minutes["scratch"],
                               (f"{found['scratch']['chosen']['trial']} + blr x2", {**recipe["scratch"], "blr": 2 * blr}))}
         for side, (m, mins, trial) in second.items():
-            got = tune_finetune(m, side, fit_aug, val_set, data.num_classes, mins, done=done[side], on_trial=keep,
-                                batch_size=args.batch_size, seed=args.seed, trials={side: (trial,)})
-            if side == "pretrained":
-                got["chosen"]["model"] = args.alt_model
-                for t in got["trials"]:
-                    t["model"] = args.alt_model
-            if got["chosen"]["val_acc"] > found[side]["chosen"]["val_acc"]:  # a tie keeps the first stage's
-                found[side]["chosen"] = got["chosen"]
-            found[side]["trials"] = found[side]["trials"] + got["trials"]
+            one_more(side, m, mins, trial, args.alt_model if side == "pretrained" else None)
+    if args.ema:  # one more trial per side: the recipe chosen so far (with its model) plus an EMA of the weights
+        for side in found:
+            c = found[side]["chosen"]
+            m, mins = model, minutes[side]
+            if side == "scratch":
+                m = random_init_like(model, args.seed)
+            elif c.get("model"):
+                m = mimkit.load(ROOT / c["model"] / "model")
+                mins = args.tune * (args.total - _pretrain_minutes(ROOT / c["model"])) / args.total
+            one_more(side, m, mins, (f"{c['trial']} + ema {args.ema:g}", {**c["recipe"], "ema": args.ema}),
+                     c.get("model"))
     chosen = {side: f["chosen"] for side, f in found.items()}
-    out = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min.json"
+    out = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min{tag}.json"
     out.write_text(
         json.dumps(
             {
                 "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}"
-                + (f" --alt-model {args.alt_model}" if args.alt_model else ""),
+                + (f" --model {args.model}" if tag else "")
+                + (f" --alt-model {args.alt_model}" if args.alt_model else "")
+                + (f" --ema {args.ema:g}" if args.ema else ""),
                 "trials_per_side": {side: len(f["trials"]) for side, f in found.items()},
                 "trial_minutes": {s: round(v, 2) for s, v in minutes.items()},
                 "chosen": chosen,

@@ -211,6 +211,39 @@ def test_finetune_with_mixup_runs_and_rejects_tiny_dataset():
         finetune(m, ds, ds, 2, batch_size=128, progress=False)
 
 
+def test_finetune_ema_tests_and_returns_the_moving_average_of_the_weights():
+    """ema=D: timm's ModelEmaV3 with warm-up (decay min(1 - t^(-2/3), D) after step t, the first step copied),
+    fed the weights after every optimiser step; the average is what is tested and returned."""
+    import lightning as L
+
+    from mimkit.eval.finetune import classifier_accuracy, finetune
+
+    seen = []
+
+    class Weights(L.Callback):  # the trained (not averaged) weights after each optimiser step
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append({k: v.detach().clone() for k, v in pl_module.classifier.named_parameters()})
+
+    train, test = _stripes(160, 0), _stripes(64, 1)
+    kw = dict(epochs=2, batch_size=32, blr=3e-2, warmup_epochs=0.5, progress=False)
+    torch.manual_seed(0)
+    clf, res = finetune(tiny_mae(), train, test, 2, ema=0.6, trainer_kwargs={"callbacks": [Weights()]}, **kw)
+    assert len(seen) == res["steps"] == 10 and res["ema"] == 0.6
+    avg = dict(seen[0])
+    for t, w in enumerate(seen[1:], start=2):
+        d = min(1 - t ** (-2 / 3), 0.6)
+        avg = {k: d * avg[k] + (1 - d) * w[k] for k in avg}
+    got = dict(clf.named_parameters())
+    assert all(torch.allclose(got[k], avg[k], atol=1e-6) for k in avg)
+    assert not torch.allclose(got["head.weight"], seen[-1]["head.weight"])  # not the last weights
+    assert res["acc"] == pytest.approx(classifier_accuracy(clf, test))  # the test read the average
+    torch.manual_seed(0)  # the same initial weights, the same seed, no average: the last weights
+    plain, _ = finetune(tiny_mae(), train, test, 2, **kw)
+    assert torch.allclose(dict(plain.named_parameters())["head.weight"], seen[-1]["head.weight"], atol=1e-6)
+    with pytest.raises(ValueError, match="ema is the decay"):
+        finetune(tiny_mae(), train, test, 2, ema=1.0, **kw)
+
+
 # ---- command line -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
@@ -267,6 +300,11 @@ def test_cli_finetune_and_errors(image_folder, saved_mae, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert 0 <= r["results"]["acc"] <= 1 and r["results"]["layer_decay"] == 0.75
     assert (tmp_path / "ft" / "classifier.safetensors").exists()
+    # a budget in minutes instead of epochs, with an EMA of the weights
+    assert main(["finetune", "--checkpoint", str(saved_mae), "--data", str(image_folder), "--minutes", "0.05",
+                 "--ema", "0.9", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())["results"]
+    assert r["budget_minutes"] == 0.05 and r["ema"] == 0.9 and r["steps"] >= 1
     # clear errors: a folder without train/test, a missing checkpoint, cls pooling on Swin
     flat = tmp_path / "flat"
     flat.mkdir()

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,9 @@ def _data():
                       classes=["a", "b", "c"])
 
 
-def test_alt_model_is_one_more_trial_per_side_and_the_better_one_is_chosen(tmp_path, monkeypatch):
+def _faked(monkeypatch):
+    """finetune_shared with trials faked (validation accuracy by trial name) and models tagged by their curve
+    point: (module, calls made, the 15-minute model)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import finetune_shared
 
@@ -30,7 +33,8 @@ def test_alt_model_is_one_more_trial_per_side_and_the_better_one_is_chosen(tmp_p
     from mimkit.eval import finetune as ft
 
     calls = []
-    acc = {"base": 0.5, "blr4e-3": 0.6, "7.5min + blr4e-3": 0.65, "blr4e-3 + blr x2": 0.55}
+    acc = {"base": 0.5, "blr4e-3": 0.6, "7.5min + blr4e-3": 0.65, "blr4e-3 + blr x2": 0.55,
+           "7.5min + blr4e-3 + ema 0.999": 0.62, "blr4e-3 + ema 0.999": 0.7}
 
     def fake(model, side, fit_aug, val_set, num_classes, minutes, *, done, on_trial, trials=None, **kw):
         out = []
@@ -53,9 +57,13 @@ def test_alt_model_is_one_more_trial_per_side_and_the_better_one_is_chosen(tmp_p
 
     monkeypatch.setattr(ft, "tune_finetune", fake)
     monkeypatch.setattr(mimkit, "load", tagged)
-    model = tagged(ROOT / CURVE.format(15) / "model")
+    return finetune_shared, calls, tagged(ROOT / CURVE.format(15) / "model")
+
+
+def test_alt_model_is_one_more_trial_per_side_and_the_better_one_is_chosen(tmp_path, monkeypatch):
+    finetune_shared, calls, model = _faked(monkeypatch)
     args = argparse.Namespace(total=30.0, tune=2.0, alt_model=CURVE.format(7.5), seed=0, batch_size=8, rerun=False,
-                              tune_dir=str(tmp_path))
+                              tune_dir=str(tmp_path), ema=None)
     assert finetune_shared.tune(args, model, _data(), 15.0) == 0
     got = json.loads((tmp_path / "finetune_tune_30min.json").read_text())
     second = [c for c in calls if "+" in c[1]]
@@ -67,3 +75,66 @@ def test_alt_model_is_one_more_trial_per_side_and_the_better_one_is_chosen(tmp_p
     assert got["chosen"]["scratch"]["trial"] == "blr4e-3"  # its extra trial was worse: the first choice stays
     calls.clear()  # a rerun keeps every finished trial
     assert finetune_shared.tune(args, model, _data(), 15.0) == 0 and calls == []
+
+
+def test_ema_is_one_more_trial_per_side_at_the_recipe_chosen_so_far(tmp_path, monkeypatch):
+    finetune_shared, calls, model = _faked(monkeypatch)
+    args = argparse.Namespace(total=30.0, tune=2.0, alt_model=CURVE.format(7.5), seed=0, batch_size=8, rerun=False,
+                              tune_dir=str(tmp_path), ema=0.999)
+    assert finetune_shared.tune(args, model, _data(), 15.0) == 0
+    got = json.loads((tmp_path / "finetune_tune_30min.json").read_text())
+    last = [c for c in calls if "ema" in c[1]]
+    assert [(c[0], c[1]) for c in last] == [("pretrained", "7.5min + blr4e-3 + ema 0.999"),
+                                            ("scratch", "blr4e-3 + ema 0.999")]
+    # the pretrained side's EMA trial runs on the model it chose (7.5 min: 2 x 22.5 / 30 minutes)
+    assert last[0][2:4] == (1.5, CURVE.format(7.5).rsplit("/", 1)[1]) and last[1][2] == 2.0
+    assert all(c[4]["ema"] == 0.999 and c[4]["blr"] == 4e-3 for c in last)
+    assert got["trials_per_side"] == {"pretrained": 4, "scratch": 4}  # still equal counts
+    assert got["chosen"]["pretrained"]["trial"] == "7.5min + blr4e-3"  # its EMA trial was worse on validation
+    assert got["chosen"]["scratch"]["recipe"]["ema"] == 0.999  # better on validation: chosen
+    assert got["command"].endswith("--ema 0.999")
+
+
+def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_path, monkeypatch):
+    """A finished arm is reused by a rerun, but a changed recipe (e.g. an EMA chosen later) measures that arm
+    again instead of passing the old number off as the new recipe's; another --model has its own file."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finetune_shared
+
+    from mimkit.eval import finetune as ft
+    from mimkit.eval import folders
+
+    runs = []
+
+    def fake(model, train_aug, test, num_classes, minutes, **kw):
+        runs.append((round(minutes, 2), kw.get("blr"), kw.get("ema")))
+        return {"correct": torch.arange(9) % (2 if kw.get("ema") else 3) > 0, "minutes": minutes, "steps": 1}
+
+    monkeypatch.setattr(ft, "finetune_for_minutes", fake)
+    monkeypatch.setattr(folders, "load_report_data", lambda *a, **k: _data())
+
+    def recipes(**pre):
+        f = tmp_path / f"r{len(list(tmp_path.glob('r*.json')))}.json"
+        f.write_text(json.dumps({"chosen": {"pretrained": {"recipe": {"layer_decay": 0.75, "blr": 4e-3, **pre}},
+                                            "scratch": {"recipe": {"layer_decay": 1.0, "blr": 4e-3}}}}))
+        return str(f)
+
+    out = tmp_path / "arms.json"
+    base = ["--total", "30", "--out", str(out)]
+    assert finetune_shared.main(base + ["--recipes", recipes()]) == 0
+    assert runs == [(15.0, 4e-3, None), (30.0, 4e-3, None)]
+    assert finetune_shared.main(base + ["--recipes", recipes()]) == 0 and len(runs) == 2  # same: both kept
+    assert finetune_shared.main(base + ["--recipes", recipes(ema=0.999)]) == 0
+    assert runs[2:] == [(15.0, 4e-3, 0.999)]  # only the changed arm ran again
+    got = json.loads(out.read_text())
+    assert got["arms"]["pretrained"]["recipe"]["ema"] == 0.999 and got["arms"]["scratch"]["source"] == "random init"
+    assert got["pretrained_vs_scratch"]["diff"] == pytest.approx((4 - 6) / 9)  # the new pretrained arm's images
+    # another method's curve model: a file of its own, so MAE's arms are never overwritten
+    root = tmp_path / "repo"
+    (root / "results").mkdir(parents=True)
+    (root / "results" / "curve").symlink_to(ROOT / "results" / "curve")
+    monkeypatch.setattr(finetune_shared, "ROOT", root)
+    d2v2 = "results/curve/data2vec2_vit_tiny_patch4_28-15min"
+    assert finetune_shared.main(["--total", "30", "--model", d2v2, "--recipes", recipes()]) == 0
+    assert [p.name for p in (root / "results").glob("finetune_shared_*.json")] == [
+        "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json"]

@@ -30,8 +30,9 @@ def register(sub) -> None:
     p.add_argument("--head-channels", type=int, default=64, help="segmentation head width (default 64)")
     p.add_argument("--num-labels", type=int, help="segmentation classes (default: the largest label in the "
                                                   "training maps + 1)")
-    p.add_argument("--minutes", type=float, help="segmentation: the training budget in minutes (budget-true "
-                                                 "schedule; default 10)")
+    p.add_argument("--minutes", type=float, help="a training budget in minutes instead of --epochs: warm-up, then a "
+                                                 "cosine timed to end at the budget, as mimkit pretrain --minutes "
+                                                 "(segmentation: default 10)")
     p.add_argument("--data", default="fashion_mnist", help=DATA_HELP)
     p.add_argument("--data-root", help="folder holding the Fashion-MNIST idx files (default: auto-detected)")
     p.add_argument("--pool", choices=("cls", "mean"), default=None,
@@ -49,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--mixup", type=float, default=D["mixup"], help="mixup alpha (0 = off, MAE uses 0.8)")
     p.add_argument("--cutmix", type=float, default=D["cutmix"], help="cutmix alpha (0 = off, MAE uses 1.0)")
     p.add_argument("--label-smoothing", type=float, default=D["label_smoothing"])
+    p.add_argument("--ema", type=float, default=D["ema"],
+                   help="decay of an exponential moving average of the weights, which is then tested and saved "
+                        "(timm ModelEmaV3 with warm-up; e.g. 0.999; default 0 = off)")
     p.add_argument("--warmup-epochs", type=float, default=D["warmup_epochs"])
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.5, 1.0),
                    help="RandomResizedCrop scale range for training (default 0.5 1.0)")
@@ -93,13 +97,13 @@ def run(args) -> int:
                       weight_decay=args.weight_decay, drop_path=args.drop_path, mixup=args.mixup, cutmix=args.cutmix,
                       label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs, seed=args.seed,
                       out_dir=args.save_dir, progress=not args.no_progress, num_workers=args.num_workers,
-                      eval_every=args.eval_every, accelerator=args.accelerator)
+                      eval_every=args.eval_every, accelerator=args.accelerator, minutes=args.minutes, ema=args.ema)
     summary = {"protocol": "finetune", "checkpoint": args.checkpoint, "data": args.data,
                "crop_scale": list(args.crop_scale), "hflip": not args.no_hflip, "results": res,
                "labels_per_class": args.labels_per_class,
                "total_seconds": round(time.time() - t0, 1)}
     print()
-    print_table([("fine-tune", pool, args.epochs, f"{res['train_loss_last_epoch']:.4f}", f"{res['acc']:.4f}")],
+    print_table([("fine-tune", pool, res["epochs"], f"{res['train_loss_last_epoch']:.4f}", f"{res['acc']:.4f}")],
                 ("protocol", "pool", "epochs", "last-epoch train loss", "test accuracy"))
     write_results(args.out, summary)
     if args.save_dir:

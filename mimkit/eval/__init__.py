@@ -13,5 +13,5 @@
 #: parser does not import Lightning)
 FINETUNE_DEFAULTS = dict(
     epochs=10, batch_size=128, blr=1e-3, lr=None, min_lr=1e-6, layer_decay=0.75, weight_decay=0.05,
-    drop_path=0.1, mixup=0.0, cutmix=0.0, label_smoothing=0.1, warmup_epochs=1.0, pool="mean",
+    drop_path=0.1, mixup=0.0, cutmix=0.0, label_smoothing=0.1, warmup_epochs=1.0, pool="mean", ema=0.0,
 )

@@ -6,7 +6,9 @@
 * stochastic depth (``drop_path``) set on the copied encoder's blocks;
 * optional mixup / cutmix (timm ``Mixup``, soft targets with ``SoftTargetCrossEntropy``) and label
   smoothing;
-* AdamW (0.9, 0.999), ``lr = blr * batch_size / 256``, linear warm-up then per-step half-cosine.
+* AdamW (0.9, 0.999), ``lr = blr * batch_size / 256``, linear warm-up then per-step half-cosine;
+* optional EMA of the weights (timm ``ModelEmaV3`` with its warm-up, ``ema`` = the decay it rises to): the
+  average is what validation scores, what is tested and what is saved.
 
 The model passed in is not modified (its encoder is copied). The reported accuracy is the test
 accuracy after the last epoch.
@@ -38,8 +40,10 @@ class FinetuneModule(BudgetAware, L.LightningModule):
 
     def __init__(self, classifier: Classifier, lr: float, min_lr: float = 0.0, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0, mixup: float = 0.0, cutmix: float = 0.0,
-                 label_smoothing: float = 0.0, betas=(0.9, 0.999)):
+                 label_smoothing: float = 0.0, betas=(0.9, 0.999), ema: float = 0.0):
         super().__init__()
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema is the decay of the weights' moving average, in [0, 1) (0 = off), got {ema}")
         self.test_correct: list = []  # filled by the final pass over the test set (finetune(keep_correct=True))
         self.classifier = classifier
         self.lr, self.min_lr, self.weight_decay, self.layer_decay = lr, min_lr, weight_decay, layer_decay
@@ -58,6 +62,25 @@ class FinetuneModule(BudgetAware, L.LightningModule):
         self.loss_history: list[float] = []
         self.steps_per_epoch_hint: int | None = None  # set by finetune(): the training loader's length
         self._compiled = None  # set by finetune(compile=...): mimkit.train.speed.Compiled
+        self.ema = None
+        if ema > 0:  # decay 1 - (1 + step)^(-2/3), capped at `ema`: a short run is averaged over its late steps
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(classifier, decay=ema, use_warmup=True)
+
+    def scored(self) -> Classifier:
+        """The weights validation scores and the test reads: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.classifier
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.classifier, step=self.global_step)
+
+    def adopt_average(self) -> None:
+        """After training: the classifier takes the moving average's weights (and the average is dropped)."""
+        if self.ema is not None:
+            self.classifier.load_state_dict(self.ema.module.state_dict())
+            self.ema = None
 
     def compile_classifier(self, device_type: str) -> None:
         from ..train.speed import Compiled
@@ -107,7 +130,7 @@ class FinetuneModule(BudgetAware, L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.classifier(x)
+        logits = self.scored()(x)
         bs = x.shape[0]
         self.log("val/loss", self.eval_loss(logits.float(), y), batch_size=bs, on_epoch=True)
         hit = logits.argmax(1) == y
@@ -131,7 +154,7 @@ class KeepBest(L.Callback):
         self.scores.append(round(acc, 5))
         if acc > self.score:
             self.score, self.epoch = acc, trainer.current_epoch + 1
-            self.state = {k: v.detach().clone() for k, v in pl_module.classifier.state_dict().items()}
+            self.state = {k: v.detach().clone() for k, v in pl_module.scored().state_dict().items()}
         elif self.patience is not None and len(self.scores) - self.scores.index(max(self.scores)) > self.patience:
             trainer.should_stop = True
 
@@ -201,7 +224,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
              compile=False, val_dataset=None, patience: int | None = None, minutes: float | None = None,
-             keep_correct: bool = False):
+             keep_correct: bool = False, ema: float = 0.0):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
@@ -216,6 +239,8 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     The test set is then read once, by the kept weights. ``minutes``: a wall-clock budget that is a whole
     schedule, as ``mimkit pretrain --minutes`` (:mod:`mimkit.train.budget`: warm-up, then a cosine timed
     to end at the budget and re-fitted when the machine's speed changes); ``epochs`` is then ignored.
+    ``ema`` > 0: an exponential moving average of the weights (timm ``ModelEmaV3``, with warm-up, decay
+    capped at ``ema``) is what is scored, tested and returned.
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy (and, with
     ``val_dataset``, ``val_acc`` and ``best_epoch``; with ``keep_correct``, ``correct``: a bool per test
     image, from the same single pass over the test set)."""
@@ -230,7 +255,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     dpr = set_drop_path(classifier.encoder, drop_path)
     lr = float(lr) if lr is not None else blr * batch_size / 256
     module = FinetuneModule(classifier, lr, min_lr, weight_decay, layer_decay, warmup_epochs, mixup, cutmix,
-                            label_smoothing)
+                            label_smoothing, ema=ema)
     pin = torch.cuda.is_available()
     from ..data import BatchedSamples, collate
 
@@ -282,6 +307,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         module.train()  # a loaded model arrives in eval mode; Lightning keeps submodule modes as found
         trainer.fit(module, train_loader, during_fit if eval_every and eval_every > 0 else None)
         t_fit = time.time() - t0
+        module.adopt_average()
         if best is not None and best.state is not None:
             module.classifier.load_state_dict(best.state)
         trainer.limit_val_batches = 1.0
@@ -297,7 +323,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         "epochs": epochs if minutes is None else round(len(hist) / steps_per_epoch, 2), "steps": len(hist),
         "budget_minutes": minutes, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
         "layer_decay": layer_decay, "weight_decay": weight_decay, "drop_path": drop_path, "mixup": mixup,
-        "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs, "pool": pool,
+        "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs, "pool": pool, "ema": ema,
         "seed": seed, "train_images": len(train_dataset), "test_images": len(test_dataset),
         "fit_seconds": round(t_fit, 1), "eval_seconds": round(time.time() - t1, 1),
         "train_images_per_second": round(len(hist) * batch_size / max(t_fit, 1e-9), 1),
