@@ -21,7 +21,14 @@ and scored on that split; the test set is not read. Trial budgets keep the share
 MINUTES, pretrained MINUTES * (T - P) / T. Each finished trial is a line of ``results/finetune_tune_<T>min.jsonl``
 (rerun: finished trials are kept), and the best of each side is written to ``results/finetune_tune_<T>min.json``;
 ``--recipes that.json`` then runs the two arms with the chosen recipes. Another method's curve model (``--model``)
-keeps its own trials and results (its directory's name is added to each file's name).
+keeps its own trials and results (its directory's name is added to each file's name) and its own pretraining
+share; with ``--recipes`` it runs the recipes chosen there (tuned for MAE: if anything a handicap for it, never
+for scratch). Its scratch arm is the default model's when that one ran the same recipe for the same minutes from
+the same random init (``init``, a fingerprint of the encoder's weights: the ViT-Tiny/4 of MAE and data2vec 2.0 at
+seed 0 is one and the same), so one scratch measurement serves every method.
+
+    python benchmarks/finetune_shared.py --total 60 --model results/curve/data2vec2_vit_tiny_patch4_28-15min \
+        --recipes results/finetune_tune_30min.json
 
     python benchmarks/finetune_shared.py --total 30 --tune 4
 
@@ -84,10 +91,15 @@ def main(argv=None) -> int:
     p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
     chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
-    other = args.model != p.get_default("model")  # another method's curve model: its own trials and results
+    default_model = p.get_default("model")
+    other = args.model != default_model  # another method's curve model: its own trials and results
     args.model_tag = f"_{Path(args.model).name}" if other else ""
-    if chosen.get("pretrained", {}).get("model"):  # the search chose another pretraining share
-        args.model = chosen["pretrained"]["model"]
+    share = chosen.get("pretrained", {}).get("model")
+    if share and not other:  # the search chose another pretraining share of this method
+        args.model = share
+    elif share:
+        print(f"finetune_shared: {args.recipes} chose the share of {share}; --model {args.model} keeps its own, "
+              "with the recipes chosen", flush=True)
     model_dir = ROOT / args.model
     pre = _pretrain_minutes(model_dir)
     ft_minutes = args.total - pre
@@ -113,22 +125,39 @@ def main(argv=None) -> int:
         **({"recipes": chosen} if chosen else {}),
     )
     train_aug = finetune_augmented(data)
-    arms = {"pretrained": (model, ft_minutes, 0.75), "scratch": (random_init_like(model, args.seed), args.total, 1.0)}
+    scratch = random_init_like(model, args.seed)
+    init = _init_id(scratch)
+    arms = {"pretrained": (model, ft_minutes, 0.75), "scratch": (scratch, args.total, 1.0)}
     correct = {}
     for name, (m, minutes, decay) in arms.items():
         cache = out.with_name(out.stem + f"_{name}.pt")
         recipe = {"layer_decay": decay, **chosen.get(name, {}).get("recipe", {})}
         source = args.model if name == "pretrained" else "random init"
+        want = {"recipe": recipe, "source": source, "minutes": minutes, "init": init if name == "scratch" else None}
         arm = res.get("arms", {}).get(name)
         if arm and cache.exists():  # an arm finished earlier is kept only if it ran this recipe on this model
-            ran = arm.get("recipe", {"layer_decay": arm["layer_decay"], **earlier["recipes"].get(name, {}).get("recipe", {})})
-            ran_on = arm.get("source", earlier["model"] if name == "pretrained" else "random init")
-            if ran == recipe and ran_on == source and arm["minutes"] == minutes:
+            ran = _ran(arm, name, earlier, init)
+            if ran == want:
                 correct[name] = torch.load(cache, weights_only=True)
                 print(f"finetune_shared: {name} already measured ({arm['accuracy']:.4f}); kept", flush=True)
                 continue
-            print(f"finetune_shared: {name} ran {ran} on {ran_on} for {arm['minutes']} min before; now {recipe} on "
-                  f"{source} for {minutes} min: measuring it again", flush=True)
+            print(f"finetune_shared: {name} ran {ran} before; now {want}: measuring it again", flush=True)
+        if name == "scratch" and other:  # the same random init under the same recipe: the default model's arm
+            base = out.with_name(f"finetune_shared_{args.total:g}min{'_tuned' if chosen else ''}.json")
+            if base.exists() and base.with_name(base.stem + "_scratch.pt").exists():
+                b = json.loads(base.read_text())
+                b_arm = b.get("arms", {}).get("scratch")
+                b_init = _init_id(random_init_like(mimkit.load(ROOT / b["model"] / "model"), args.seed))
+                b_earlier = {"model": b.get("model"), "recipes": b.get("recipes", {})}
+                if b_arm and _ran(b_arm, name, b_earlier, b_init) == want:
+                    correct[name] = torch.load(base.with_name(base.stem + "_scratch.pt"), weights_only=True)
+                    res.setdefault("arms", {})[name] = {**b_arm, "recipe": recipe, "source": source, "init": init,
+                                                        "measured_in": base.name}
+                    torch.save(correct[name], cache)
+                    out.write_text(json.dumps(res, indent=1))
+                    print(f"finetune_shared: scratch is the same random init and recipe as in {base.name} "
+                          f"({b_arm['accuracy']:.4f}); kept", flush=True)
+                    continue
         t0 = time.time()
         r = finetune_for_minutes(
             m,
@@ -152,6 +181,7 @@ def main(argv=None) -> int:
             "layer_decay": decay,
             "recipe": recipe,
             "source": source,
+            **({"init": init} if name == "scratch" else {}),
             "wall_minutes": round((time.time() - t0) / 60, 2),
         }
         torch.save(r["correct"], cache)
@@ -168,6 +198,29 @@ def main(argv=None) -> int:
         f"{d['verdict']} {100 * d['diff']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
     )
     return 0
+
+
+def _init_id(model) -> str:
+    """A fingerprint of an encoder's weights: two methods whose random inits are the same ViT share a scratch arm."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(getattr(model, "encoder", model).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _ran(arm: dict, name: str, earlier: dict, init: str) -> dict:
+    """What a finished arm ran: recipe, source model, minutes and (scratch) random init. Arms written before these
+    were recorded read them from their file's ``recipes`` and ``model``; a scratch arm without ``init`` ran that
+    file's own model's random init, passed as ``init``."""
+    return {
+        "recipe": arm.get("recipe", {"layer_decay": arm["layer_decay"], **earlier["recipes"].get(name, {}).get("recipe", {})}),
+        "source": arm.get("source", earlier["model"] if name == "pretrained" else "random init"),
+        "minutes": arm["minutes"],
+        "init": arm.get("init", init) if name == "scratch" else None,
+    }
 
 
 def _pretrain_minutes(model_dir: Path) -> float:

@@ -113,9 +113,10 @@ def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_p
     monkeypatch.setattr(ft, "finetune_for_minutes", fake)
     monkeypatch.setattr(folders, "load_report_data", lambda *a, **k: _data())
 
-    def recipes(**pre):
+    def recipes(model=None, **pre):
         f = tmp_path / f"r{len(list(tmp_path.glob('r*.json')))}.json"
-        f.write_text(json.dumps({"chosen": {"pretrained": {"recipe": {"layer_decay": 0.75, "blr": 4e-3, **pre}},
+        share = {"model": model} if model else {}
+        f.write_text(json.dumps({"chosen": {"pretrained": {"recipe": {"layer_decay": 0.75, "blr": 4e-3, **pre}, **share},
                                             "scratch": {"recipe": {"layer_decay": 1.0, "blr": 4e-3}}}}))
         return str(f)
 
@@ -129,12 +130,42 @@ def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_p
     got = json.loads(out.read_text())
     assert got["arms"]["pretrained"]["recipe"]["ema"] == 0.999 and got["arms"]["scratch"]["source"] == "random init"
     assert got["pretrained_vs_scratch"]["diff"] == pytest.approx((4 - 6) / 9)  # the new pretrained arm's images
-    # another method's curve model: a file of its own, so MAE's arms are never overwritten
+    # another method's curve model: a file of its own, so MAE's arms are never overwritten; the share a search
+    # chose for MAE is not forced on it; its scratch arm (the same random init, recipe, minutes) is MAE's
     root = tmp_path / "repo"
     (root / "results").mkdir(parents=True)
     (root / "results" / "curve").symlink_to(ROOT / "results" / "curve")
     monkeypatch.setattr(finetune_shared, "ROOT", root)
+    r = recipes(model=CURVE.format(7.5))
+    runs.clear()
+    assert finetune_shared.main(["--total", "30", "--recipes", r]) == 0
+    assert runs == [(22.5, 4e-3, None), (30.0, 4e-3, None)]  # MAE: the share chosen, 7.5 + 22.5 minutes
     d2v2 = "results/curve/data2vec2_vit_tiny_patch4_28-15min"
-    assert finetune_shared.main(["--total", "30", "--model", d2v2, "--recipes", recipes()]) == 0
-    assert [p.name for p in (root / "results").glob("finetune_shared_*.json")] == [
-        "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json"]
+    assert finetune_shared.main(["--total", "30", "--model", d2v2, "--recipes", r]) == 0
+    assert runs[2:] == [(15.0, 4e-3, None)]  # its own 15 minutes of pretraining; scratch not run again
+    assert sorted(p.name for p in (root / "results").glob("finetune_shared_*.json")) == [
+        "finetune_shared_30min_tuned.json", "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json"]
+    got = json.loads((root / "results" / "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json").read_text())
+    assert got["model"] == d2v2 and got["arms"]["scratch"]["measured_in"] == "finetune_shared_30min_tuned.json"
+    mae = json.loads((root / "results" / "finetune_shared_30min_tuned.json").read_text())
+    assert got["arms"]["scratch"]["init"] == mae["arms"]["scratch"]["init"]
+    assert got["pretrained_vs_scratch"]["diff"] == pytest.approx(0.0)  # both fakes get the same images right
+
+
+def test_a_scratch_arm_is_shared_only_by_the_same_random_init():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finetune_shared
+
+    import mimkit
+    from mimkit.eval.report import random_init_like
+
+    mae = mimkit.load(ROOT / CURVE.format(15) / "model")
+    d2v2 = mimkit.load(ROOT / "results/curve/data2vec2_vit_tiny_patch4_28-15min/model")
+    same = finetune_shared._init_id(random_init_like(mae, 0))
+    assert finetune_shared._init_id(random_init_like(d2v2, 0)) == same  # the same ViT at seed 0
+    assert finetune_shared._init_id(random_init_like(mae, 1)) != same
+    assert finetune_shared._init_id(mae) != same  # the pretrained weights are not the random init
+    arm = {"accuracy": 0.8, "minutes": 30.0, "layer_decay": 1.0}  # written before recipe/source/init were kept
+    ran = finetune_shared._ran(arm, "scratch", {"model": CURVE.format(15), "recipes": {}}, same)
+    assert ran == {"recipe": {"layer_decay": 1.0}, "source": "random init", "minutes": 30.0, "init": same}
+    assert finetune_shared._ran({**arm, "init": "other"}, "scratch", {"model": None, "recipes": {}}, same)["init"] == "other"
