@@ -46,6 +46,13 @@ it has chosen so far plus a moving average of its weights (timm ``ModelEmaV3``, 
 kept only where it is better on validation.
 
     python benchmarks/finetune_shared.py --total 30 --tune 3 --ema 0.999
+
+**What a lever gave on test** (``--against EARLIER.json``): each arm's paired difference to the same arm of an
+earlier result, with what changed between them, under ``against`` (a reading beside a reading: both were chosen on
+validation and each read the test set once).
+
+    python benchmarks/finetune_shared.py --total 60 --recipes results/finetune_tune_30min.json \
+        --against results/finetune_shared_60min_tuned_noema.json
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ def main(argv=None) -> int:
                                        "one more trial on each side, chosen on validation (see the module doc)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="with --tune, one more trial on each side: its chosen "
                                                               "recipe with an EMA of the weights (see the module doc)")
+    p.add_argument("--against", metavar="EARLIER.json", help="an earlier result of this script (e.g. before a lever "
+                                                             "was chosen): each arm's paired test difference to it")
     p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
     chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
@@ -191,6 +200,8 @@ def main(argv=None) -> int:
             flush=True,
         )
     res["pretrained_vs_scratch"] = paired_difference(correct["pretrained"], correct["scratch"])
+    if args.against:
+        res["against"] = _against(Path(args.against), res, correct)
     out.write_text(json.dumps(res, indent=1))
     d = res["pretrained_vs_scratch"]
     print(
@@ -198,6 +209,33 @@ def main(argv=None) -> int:
         f"{d['verdict']} {100 * d['diff']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
     )
     return 0
+
+
+def _against(earlier: Path, res: dict, correct: dict) -> dict:
+    """What a lever gave on test: each arm minus the same arm of an earlier result (same test images, paired
+    bootstrap), with what changed between the two (recipe, source model, minutes). Both configurations were
+    chosen on validation and read once each; this only sets the two readings side by side."""
+    import torch
+
+    from mimkit.eval.stats import paired_difference
+
+    if not earlier.exists():
+        raise SystemExit(f"finetune_shared: --against {earlier} does not exist; give an earlier finetune_shared_*.json")
+    old = json.loads(earlier.read_text())
+    got = {"file": earlier.name}
+    for name, arm in res["arms"].items():
+        cache = earlier.with_name(earlier.stem + f"_{name}.pt")
+        before = old.get("arms", {}).get(name)
+        if not before or not cache.exists():
+            continue
+        now_ran = {"recipe": arm.get("recipe"), "source": arm.get("source"), "minutes": arm["minutes"]}
+        was = _ran(before, name, {"model": old.get("model"), "recipes": old.get("recipes", {})}, None)
+        changed = {k: [was.get(k), v] for k, v in now_ran.items() if was.get(k) != v}
+        d = paired_difference(correct[name], torch.load(cache, weights_only=True))
+        got[name] = {"before": before["accuracy"], "now": arm["accuracy"], "changed": changed, **d}
+        print(f"finetune_shared: {name} against {earlier.name} ({changed}): {d['verdict']} "
+              f"{100 * d['diff']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]", flush=True)
+    return got
 
 
 def _init_id(model) -> str:

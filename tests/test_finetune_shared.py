@@ -125,8 +125,19 @@ def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_p
     assert finetune_shared.main(base + ["--recipes", recipes()]) == 0
     assert runs == [(15.0, 4e-3, None), (30.0, 4e-3, None)]
     assert finetune_shared.main(base + ["--recipes", recipes()]) == 0 and len(runs) == 2  # same: both kept
+    for f in tmp_path.glob("arms*"):  # the result before the lever, kept to set beside the next one
+        f.with_name(f.name.replace("arms", "before")).write_bytes(f.read_bytes())
     assert finetune_shared.main(base + ["--recipes", recipes(ema=0.999)]) == 0
     assert runs[2:] == [(15.0, 4e-3, 0.999)]  # only the changed arm ran again
+    # what the lever gave on test, arm by arm, against the earlier result (nothing is trained again)
+    assert finetune_shared.main(base + ["--recipes", recipes(ema=0.999), "--against", str(tmp_path / "before.json")]) == 0
+    assert len(runs) == 3
+    vs = json.loads(out.read_text())["against"]
+    assert vs["pretrained"]["diff"] == pytest.approx((4 - 6) / 9) and vs["scratch"]["diff"] == pytest.approx(0.0)
+    assert vs["pretrained"]["changed"]["recipe"][1]["ema"] == 0.999 and "ema" not in vs["pretrained"]["changed"]["recipe"][0]
+    assert vs["scratch"]["changed"] == {} and vs["file"] == "before.json"
+    with pytest.raises(SystemExit, match="does not exist"):
+        finetune_shared.main(base + ["--recipes", recipes(ema=0.999), "--against", str(tmp_path / "nope.json")])
     got = json.loads(out.read_text())
     assert got["arms"]["pretrained"]["recipe"]["ema"] == 0.999 and got["arms"]["scratch"]["source"] == "random init"
     assert got["pretrained_vs_scratch"]["diff"] == pytest.approx((4 - 6) / 9)  # the new pretrained arm's images
