@@ -99,6 +99,8 @@ def main(argv=None) -> int:
                                                              "was chosen): each arm's paired test difference to it")
     p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
+    if args.against and not Path(args.against).exists():  # before any arm trains, not after hours of it
+        raise SystemExit(f"finetune_shared: --against {args.against} does not exist; give an earlier finetune_shared_*.json")
     chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
     default_model = p.get_default("model")
     other = args.model != default_model  # another method's curve model: its own trials and results
@@ -127,7 +129,8 @@ def main(argv=None) -> int:
     res.update(
         command=f"python benchmarks/finetune_shared.py --total {args.total:g}"
         + (f" --model {args.model}" if other else "")
-        + (f" --recipes {args.recipes}" if args.recipes else ""),
+        + (f" --recipes {args.recipes}" if args.recipes else "")
+        + (f" --against {args.against}" if args.against else ""),
         model=args.model,
         total_minutes=args.total,
         pretrain_minutes=pre,
@@ -219,8 +222,6 @@ def _against(earlier: Path, res: dict, correct: dict) -> dict:
 
     from mimkit.eval.stats import paired_difference
 
-    if not earlier.exists():
-        raise SystemExit(f"finetune_shared: --against {earlier} does not exist; give an earlier finetune_shared_*.json")
     old = json.loads(earlier.read_text())
     got = {"file": earlier.name}
     for name, arm in res["arms"].items():

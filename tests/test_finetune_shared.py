@@ -136,8 +136,10 @@ def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_p
     assert vs["pretrained"]["diff"] == pytest.approx((4 - 6) / 9) and vs["scratch"]["diff"] == pytest.approx(0.0)
     assert vs["pretrained"]["changed"]["recipe"][1]["ema"] == 0.999 and "ema" not in vs["pretrained"]["changed"]["recipe"][0]
     assert vs["scratch"]["changed"] == {} and vs["file"] == "before.json"
-    with pytest.raises(SystemExit, match="does not exist"):
-        finetune_shared.main(base + ["--recipes", recipes(ema=0.999), "--against", str(tmp_path / "nope.json")])
+    assert json.loads(out.read_text())["command"].endswith("--against " + str(tmp_path / "before.json"))
+    with pytest.raises(SystemExit, match="does not exist"):  # refused before anything trains
+        finetune_shared.main(base + ["--recipes", recipes(lr=1e-3), "--against", str(tmp_path / "nope.json")])
+    assert len(runs) == 3
     got = json.loads(out.read_text())
     assert got["arms"]["pretrained"]["recipe"]["ema"] == 0.999 and got["arms"]["scratch"]["source"] == "random init"
     assert got["pretrained_vs_scratch"]["diff"] == pytest.approx((4 - 6) / 9)  # the new pretrained arm's images
