@@ -64,6 +64,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "results/curve/mae_vit_tiny_patch4_28-15min"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--total", type=float, default=30.0, help="pretraining + fine-tuning minutes (default 30)")
-    p.add_argument("--model", default="results/curve/mae_vit_tiny_patch4_28-15min")
+    p.add_argument("--model", default=None, help=f"a curve model to fine-tune (default {DEFAULT_MODEL}, or with "
+                                                   "--recipes the pretraining share they chose)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default results/finetune_shared_<total>min.json")
@@ -101,15 +103,23 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.against and not Path(args.against).exists():  # before any arm trains, not after hours of it
         raise SystemExit(f"finetune_shared: --against {args.against} does not exist; give an earlier finetune_shared_*.json")
-    chosen = json.loads(Path(args.recipes).read_text())["chosen"] if args.recipes else {}
-    default_model = p.get_default("model")
-    other = args.model != default_model  # another method's curve model: its own trials and results
+    rec = json.loads(Path(args.recipes).read_text()) if args.recipes else {}
+    chosen = rec.get("chosen", {})
+    # the model the rule gives: MAE's 15-minute point, or with --recipes the pretraining share chosen on validation
+    # (at another --total than the search's, the same share of this total: _share_model)
+    rule = _share_model(rec, args.total) if rec else DEFAULT_MODEL
+    if args.model is None:
+        args.model = rule
+        if not (ROOT / rule / "schedule.json").exists():
+            name = Path(rule).name
+            raise SystemExit(
+                f"finetune_shared: the pretraining share chosen on validation needs {rule} at --total {args.total:g}, "
+                f"and it does not exist: make it with `python benchmarks/fmnist_quality.py --methods "
+                f"{name.rsplit('-', 1)[0]} --curve {name.rsplit('-', 1)[1].removesuffix('min')}`, or give --model")
+    other = args.model != rule  # another model than the rule's (e.g. another method): its own trials and results
     args.model_tag = f"_{Path(args.model).name}" if other else ""
-    share = chosen.get("pretrained", {}).get("model")
-    if share and not other:  # the search chose another pretraining share of this method
-        args.model = share
-    elif share:
-        print(f"finetune_shared: {args.recipes} chose the share of {share}; --model {args.model} keeps its own, "
+    if other and chosen.get("pretrained", {}).get("model"):
+        print(f"finetune_shared: {args.recipes} chose the share of {rule}; --model {args.model} keeps its own, "
               "with the recipes chosen", flush=True)
     model_dir = ROOT / args.model
     pre = _pretrain_minutes(model_dir)
@@ -154,22 +164,18 @@ def main(argv=None) -> int:
                 print(f"finetune_shared: {name} already measured ({arm['accuracy']:.4f}); kept", flush=True)
                 continue
             print(f"finetune_shared: {name} ran {ran} before; now {want}: measuring it again", flush=True)
-        if name == "scratch" and other:  # the same random init under the same recipe: the default model's arm
-            base = out.with_name(f"finetune_shared_{args.total:g}min{'_tuned' if chosen else ''}.json")
-            if base.exists() and base.with_name(base.stem + "_scratch.pt").exists():
-                b = json.loads(base.read_text())
-                b_arm = b.get("arms", {}).get("scratch")
-                b_init = _init_id(random_init_like(mimkit.load(ROOT / b["model"] / "model"), args.seed))
-                b_earlier = {"model": b.get("model"), "recipes": b.get("recipes", {})}
-                if b_arm and _ran(b_arm, name, b_earlier, b_init) == want:
-                    correct[name] = torch.load(base.with_name(base.stem + "_scratch.pt"), weights_only=True)
-                    res.setdefault("arms", {})[name] = {**b_arm, "recipe": recipe, "source": source, "init": init,
-                                                        "measured_in": base.name}
-                    torch.save(correct[name], cache)
-                    out.write_text(json.dumps(res, indent=1))
-                    print(f"finetune_shared: scratch is the same random init and recipe as in {base.name} "
-                          f"({b_arm['accuracy']:.4f}); kept", flush=True)
-                    continue
+        if name == "scratch":  # the same random init under the same recipe for as long, measured for another model
+            base = _same_scratch(out, want, args.seed)
+            if base:
+                b_arm = json.loads(base.read_text())["arms"]["scratch"]
+                correct[name] = torch.load(base.with_name(base.stem + "_scratch.pt"), weights_only=True)
+                res.setdefault("arms", {})[name] = {**b_arm, "recipe": recipe, "source": source, "init": init,
+                                                    "measured_in": b_arm.get("measured_in", base.name)}
+                torch.save(correct[name], cache)
+                out.write_text(json.dumps(res, indent=1))
+                print(f"finetune_shared: scratch is the same random init and recipe as in {base.name} "
+                      f"({b_arm['accuracy']:.4f}); kept", flush=True)
+                continue
         t0 = time.time()
         r = finetune_for_minutes(
             m,
@@ -260,6 +266,41 @@ def _ran(arm: dict, name: str, earlier: dict, init: str) -> dict:
         "minutes": arm["minutes"],
         "init": arm.get("init", init) if name == "scratch" else None,
     }
+
+
+def _same_scratch(out: Path, want: dict, seed: int) -> Path | None:
+    """Another result of this total whose scratch arm ran ``want`` (recipe, minutes, random init): one scratch
+    measurement serves every model fine-tuned against it."""
+    import mimkit
+    from mimkit.eval.report import random_init_like
+
+    for f in sorted(out.parent.glob(out.name.split("min", 1)[0] + "min*.json")):
+        if f == out or not f.with_name(f.stem + "_scratch.pt").exists():
+            continue
+        b = json.loads(f.read_text())
+        arm = b.get("arms", {}).get("scratch") if isinstance(b.get("arms"), dict) else None
+        if not arm or "minutes" not in arm:
+            continue
+        if "init" not in arm and not (ROOT / str(b.get("model")) / "model").exists():
+            continue
+        b_init = arm.get("init") or _init_id(random_init_like(mimkit.load(ROOT / b["model"] / "model"), seed))
+        if _ran(arm, "scratch", {"model": b.get("model"), "recipes": b.get("recipes", {})}, b_init) == want:
+            return f
+    return None
+
+
+def _share_model(rec: dict, total: float) -> str:
+    """The curve model a recipe search chose (its ``chosen.pretrained.model``, else the model it tuned), or at
+    another total than the search's the same method's point pretrained for the same share of ``total`` (15 of 30
+    chosen: 30 of 60). A search that does not say its total is taken at this one."""
+    chosen = rec.get("chosen", {}).get("pretrained", {}).get("model") or rec.get("model") or DEFAULT_MODEL
+    tuned = rec.get("total_minutes")
+    if tuned is None and "--total " in rec.get("command", ""):  # written before the total was recorded
+        tuned = float(rec["command"].split("--total ", 1)[1].split()[0])
+    if tuned is None or float(tuned) == float(total):
+        return chosen
+    minutes = _pretrain_minutes(ROOT / chosen) * float(total) / float(tuned)
+    return f"{Path(chosen).parent.as_posix()}/{Path(chosen).name.rsplit('-', 1)[0]}-{minutes:g}min"
 
 
 def _pretrain_minutes(model_dir: Path) -> float:
@@ -356,6 +397,8 @@ def tune(args, model, data, pre: float) -> int:
                 + (f" --model {args.model}" if tag else "")
                 + (f" --alt-model {args.alt_model}" if args.alt_model else "")
                 + (f" --ema {args.ema:g}" if args.ema else ""),
+                "model": getattr(args, "model", None) or DEFAULT_MODEL,
+                "total_minutes": args.total,
                 "trials_per_side": {side: len(f["trials"]) for side, f in found.items()},
                 "trial_minutes": {s: round(v, 2) for s, v in minutes.items()},
                 "chosen": chosen,

@@ -182,3 +182,55 @@ def test_a_scratch_arm_is_shared_only_by_the_same_random_init():
     ran = finetune_shared._ran(arm, "scratch", {"model": CURVE.format(15), "recipes": {}}, same)
     assert ran == {"recipe": {"layer_decay": 1.0}, "source": "random init", "minutes": 30.0, "init": same}
     assert finetune_shared._ran({**arm, "init": "other"}, "scratch", {"model": None, "recipes": {}}, same)["init"] == "other"
+
+
+def test_the_share_chosen_on_validation_carries_to_another_total(tmp_path, monkeypatch):
+    """A search at 30 minutes that chose 15 of them for pretraining runs 30 + 30 at --total 60 (refused with the
+    command that makes the 30-minute point while it is missing); another share given with --model keeps a file of
+    its own, and the scratch arm, the same random init and recipe for as long, is measured once for both."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finetune_shared
+
+    from mimkit.eval import finetune as ft
+    from mimkit.eval import folders
+
+    runs = []
+
+    def fake(model, train_aug, test, num_classes, minutes, **kw):
+        runs.append(round(minutes, 2))
+        return {"correct": torch.arange(9) % 3 > 0, "minutes": minutes, "steps": 1}
+
+    monkeypatch.setattr(ft, "finetune_for_minutes", fake)
+    monkeypatch.setattr(folders, "load_report_data", lambda *a, **k: _data())
+    root = tmp_path / "repo"
+    curve = root / "results" / "curve"
+    curve.mkdir(parents=True)
+    for m in (7.5, 15):
+        (curve / Path(CURVE.format(m)).name).symlink_to(ROOT / CURVE.format(m))
+    monkeypatch.setattr(finetune_shared, "ROOT", root)
+    rec = root / "results" / "finetune_tune_30min.json"  # as --tune wrote it before it recorded its total
+    rec.write_text(json.dumps({"command": "python benchmarks/finetune_shared.py --total 30 --tune 3",
+                               "chosen": {"pretrained": {"recipe": {"layer_decay": 0.75, "blr": 4e-3}},
+                                          "scratch": {"recipe": {"layer_decay": 1.0, "blr": 4e-3}}}}))
+    with pytest.raises(SystemExit, match=r"mae_vit_tiny_patch4_28-30min .*fmnist_quality.py --methods "
+                                         r"mae_vit_tiny_patch4_28 --curve 30`"):
+        finetune_shared.main(["--total", "60", "--recipes", str(rec)])
+    assert runs == []
+    thirty = curve / "mae_vit_tiny_patch4_28-30min"  # a 30-minute point (its schedule says so)
+    thirty.mkdir()
+    (thirty / "model").symlink_to(ROOT / CURVE.format(15) / "model")
+    (thirty / "schedule.json").write_text(json.dumps({"max_minutes": 30}))
+    assert finetune_shared.main(["--total", "60", "--recipes", str(rec)]) == 0
+    assert runs == [30.0, 60.0]  # 30 + 30 against 60 from scratch
+    got = json.loads((root / "results" / "finetune_shared_60min_tuned.json").read_text())
+    assert got["model"] == "results/curve/mae_vit_tiny_patch4_28-30min" and got["pretrain_minutes"] == 30.0
+    assert "--model" not in got["command"]  # the rule's model: the command reproduces it
+    assert finetune_shared.main(["--total", "60", "--model", CURVE.format(15), "--recipes", str(rec)]) == 0
+    assert runs[2:] == [45.0]  # the other share; scratch not run again
+    other = json.loads((root / "results" / "finetune_shared_60min_tuned_mae_vit_tiny_patch4_28-15min.json").read_text())
+    assert other["arms"]["scratch"]["measured_in"] == "finetune_shared_60min_tuned.json"
+    assert other["command"].startswith(f"python benchmarks/finetune_shared.py --total 60 --model {CURVE.format(15)}")
+    assert finetune_shared.main(["--total", "30", "--recipes", str(rec)]) == 0  # at its own total: 15 + 15
+    assert runs[3:] == [15.0, 30.0]
+    assert finetune_shared._share_model({"total_minutes": 30, "chosen": {"pretrained": {"model": CURVE.format(7.5)}}},
+                                        120) == CURVE.format(30)  # 7.5 of 30: 30 of 120
