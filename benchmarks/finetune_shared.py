@@ -41,6 +41,13 @@ replaces it; ``--recipes`` then runs the pretrained arm from the model chosen.
     python benchmarks/finetune_shared.py --total 30 --tune 3 --alt-model results/curve/mae_vit_tiny_patch4_28-7.5min
     python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
 
+**The share at another total**: ``--recipes`` of a search at T minutes run at another ``--total`` keep the share it
+chose as a fraction: 15 of 30 chosen, 30 of 60 run (the same method's curve point for that many minutes; refused with
+the command that makes it while it is missing). ``--model`` runs another share beside it, in a file of its own
+against the same scratch arm.
+
+    python benchmarks/finetune_shared.py --total 60 --recipes results/finetune_tune_30min.json
+
 **An EMA of the weights** (``--ema DECAY``, with ``--tune``): likewise one more trial per side, each at the recipe
 it has chosen so far plus a moving average of its weights (timm ``ModelEmaV3``, warm-up, decay capped at DECAY),
 kept only where it is better on validation.
