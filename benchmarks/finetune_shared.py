@@ -118,14 +118,14 @@ def main(argv=None) -> int:
     if args.model is None:
         args.model = rule
         if not (ROOT / rule / "schedule.json").exists():
-            name = Path(rule).name
             raise SystemExit(
                 f"finetune_shared: the pretraining share chosen on validation needs {rule} at --total {args.total:g}, "
-                f"and it does not exist: make it with `python benchmarks/fmnist_quality.py --methods "
-                f"{name.rsplit('-', 1)[0]} --curve {name.rsplit('-', 1)[1].removesuffix('min')}`, or give --model")
-    other = args.model != rule  # another model than the rule's (e.g. another method): its own trials and results
+                f"and it does not exist: make it with `python benchmarks/fmnist_quality.py --methods {_method(rule)} "
+                f"--curve {Path(rule).name.rsplit('-', 1)[1].removesuffix('min')}`, or give --model")
+    # another model than the rule's, or another method's (e.g. its own search's): its own trials and results
+    other = args.model != rule or _method(args.model) != _method(DEFAULT_MODEL)
     args.model_tag = f"_{Path(args.model).name}" if other else ""
-    if other and chosen.get("pretrained", {}).get("model"):
+    if args.model != rule and chosen.get("pretrained", {}).get("model"):
         print(f"finetune_shared: {args.recipes} chose the share of {rule}; --model {args.model} keeps its own, "
               "with the recipes chosen", flush=True)
     model_dir = ROOT / args.model
@@ -296,6 +296,11 @@ def _same_scratch(out: Path, want: dict, seed: int) -> Path | None:
     return None
 
 
+def _method(model: str) -> str:
+    """A curve model's recipe: ``results/curve/<recipe>-<M>min`` -> ``<recipe>``."""
+    return Path(model).name.rsplit("-", 1)[0]
+
+
 def _share_model(rec: dict, total: float) -> str:
     """The curve model a recipe search chose (its ``chosen.pretrained.model``, else the model it tuned), or at
     another total than the search's the same method's point pretrained for the same share of ``total`` (15 of 30
@@ -307,7 +312,7 @@ def _share_model(rec: dict, total: float) -> str:
     if tuned is None or float(tuned) == float(total):
         return chosen
     minutes = _pretrain_minutes(ROOT / chosen) * float(total) / float(tuned)
-    return f"{Path(chosen).parent.as_posix()}/{Path(chosen).name.rsplit('-', 1)[0]}-{minutes:g}min"
+    return f"{Path(chosen).parent.as_posix()}/{_method(chosen)}-{minutes:g}min"
 
 
 def _pretrain_minutes(model_dir: Path) -> float:

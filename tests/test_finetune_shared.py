@@ -234,3 +234,14 @@ def test_the_share_chosen_on_validation_carries_to_another_total(tmp_path, monke
     assert runs[3:] == [15.0, 30.0]
     assert finetune_shared._share_model({"total_minutes": 30, "chosen": {"pretrained": {"model": CURVE.format(7.5)}}},
                                         120) == CURVE.format(30)  # 7.5 of 30: 30 of 120
+    # another method's own search (it records its model): its arms never land in MAE's file
+    d2v2 = "results/curve/data2vec2_vit_tiny_patch4_28-15min"
+    (curve / Path(d2v2).name).symlink_to(ROOT / d2v2)
+    own = root / "results" / "finetune_tune_30min_data2vec2_vit_tiny_patch4_28-15min.json"
+    own.write_text(json.dumps({**json.loads(rec.read_text()), "model": d2v2, "total_minutes": 30}))
+    mae = (root / "results" / "finetune_shared_30min_tuned.json").read_text()
+    assert finetune_shared.main(["--total", "30", "--recipes", str(own)]) == 0
+    assert runs[5:] == [15.0]  # its 15 minutes; the same scratch arm as MAE's
+    assert (root / "results" / "finetune_shared_30min_tuned.json").read_text() == mae
+    got = json.loads((root / "results" / "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json").read_text())
+    assert got["model"] == d2v2 and got["arms"]["scratch"]["measured_in"] == "finetune_shared_30min_tuned.json"
