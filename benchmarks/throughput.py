@@ -308,6 +308,29 @@ def main() -> int:
             if mode != "compiled" or compiles(m)]
     runs = [(m, mode, impl, r) for m, mode in rows for r in range(repeats)
             for impl in (impls if r % 2 == 0 else impls[::-1]) if impl == "mimkit" or m in PEERS]
+    def get(impl, method, mode):
+        """The median run (by images/s) of the repeats, with ``ips_range`` = (min, max)."""
+        ok = sorted((r for r in results if r["impl"] == impl and r["method"] == method and r["mode"] == mode
+                     and "error" not in r), key=lambda r: r["images_per_s"])
+        if not ok:
+            return None
+        return {**ok[(len(ok) - 1) // 2], "ips_range": (ok[0]["images_per_s"], ok[-1]["images_per_s"]),
+                "n": len(ok)}
+
+    def write_json(done: bool):
+        """The table so far (atomically): after every run, so a stage cut off by a timeout (the device suite's
+        caps) keeps what it measured; ``complete`` says whether every planned run was made."""
+        summary = [{"method": m, "mode": mode, **{f"{impl}_images_per_s": (get(impl, m, mode) or {}).get("images_per_s")
+                                                   for impl in impls}}
+                   for m, mode in rows]
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"device": next((r.get("device_name") for r in results if "device_name" in r), device),
+                       "size": size, "batch": batch, "steps": steps, "repeats": repeats,
+                       "malloc_tuning": not args.no_malloc_tuning, "complete": done,
+                       "median": summary, "results": results, "spec_h100_peers": SPEC_PEERS_H100}, f, indent=2)
+        os.replace(tmp, args.out)
+
     for i, (method, mode, impl, rep) in enumerate(runs, 1):
         spec = dict(method=method, mode=mode, impl=impl, device=device, size=size, batch=batch, steps=steps,
                     warmup=warmup, threads=args.threads, repeat=rep, malloc_tuning=not args.no_malloc_tuning)
@@ -332,15 +355,7 @@ def main() -> int:
             r = json.loads(line[7:])
         results.append(r)
         print(f"{r['images_per_s']:9.1f} img/s  ({time.time() - t0:.0f} s)")
-
-    def get(impl, method, mode):
-        """The median run (by images/s) of the repeats, with ``ips_range`` = (min, max)."""
-        ok = sorted((r for r in results if r["impl"] == impl and r["method"] == method and r["mode"] == mode
-                     and "error" not in r), key=lambda r: r["images_per_s"])
-        if not ok:
-            return None
-        return {**ok[(len(ok) - 1) // 2], "ips_range": (ok[0]["images_per_s"], ok[-1]["images_per_s"]),
-                "n": len(ok)}
+        write_json(done=False)
 
     dev_name = next((r.get("device_name") for r in results if "device_name" in r), device)
     print(f"\nTraining throughput on {dev_name}, {size} config, batch {batch}, "
@@ -369,14 +384,7 @@ def main() -> int:
         if gpu:
             row += f" {SPEC_PEERS_H100.get(method, {}).get(mode, '-')} |"
         print(row)
-    with open(args.out, "w") as f:
-        summary = [{"method": m, "mode": mode, **{f"{impl}_images_per_s": (get(impl, m, mode) or {}).get("images_per_s")
-                                                   for impl in impls}}
-                   for m, mode in rows]
-        json.dump({"device": dev_name, "size": size, "batch": batch, "steps": steps, "repeats": repeats,
-                   "malloc_tuning": not args.no_malloc_tuning,
-                   "median": summary, "results": results,
-                   "spec_h100_peers": SPEC_PEERS_H100}, f, indent=2)
+    write_json(done=True)
     print(f"\nwrote {args.out}")
     return 0
 
