@@ -147,6 +147,7 @@ def main(argv=None) -> int:
         command=f"python benchmarks/finetune_shared.py --total {args.total:g}"
         + (f" --model {args.model}" if other else "")
         + (f" --recipes {args.recipes}" if args.recipes else "")
+        + (f" --out {_repo_path(out)}" if args.out else "")
         + (f" --against {args.against}" if args.against else ""),
         model=args.model,
         total_minutes=args.total,
@@ -261,6 +262,13 @@ def _init_id(model) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _repo_path(p: Path) -> str:
+    """``p`` as a committed command names it: relative to the repository, or its bare name outside it (never a
+    machine's absolute path)."""
+    p, root = Path(p).resolve(), ROOT.resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else p.name
 
 
 def _ran(arm: dict, name: str, earlier: dict, init: str) -> dict:
