@@ -42,3 +42,32 @@ def test_throughput_worker_subprocess_round_trip(tmp_path):
     rows = json.loads(out.read_text())["median"]
     mae = next(row for row in rows if row["method"] == "mae")
     assert mae["mimkit_images_per_s"] > 0 and "failed" not in r.stdout
+
+
+def test_throughput_keeps_finished_runs_when_cut(tmp_path, monkeypatch):
+    """On the device each stage is capped by `timeout`, which kills throughput.py mid-table; the runs it
+    finished must already be in its JSON (written after every run, marked incomplete), not lost."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("throughput_bench", ROOT / "benchmarks" / "throughput.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    calls = []
+
+    def fake_worker(s):
+        calls.append(s["method"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the cap's signal, mid-way through the second run
+        return {**s, "images_per_s": 123.0}
+
+    monkeypatch.setattr(tp, "worker", fake_worker)
+    out = tmp_path / "t.json"
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--device", "cpu", "--size", "tiny", "--modes", "eager",
+                                      "--methods", "mae,simmim", "--impls", "mimkit", "--repeats", "1",
+                                      "--in-process", "--out", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        tp.main()
+    got = json.loads(out.read_text())
+    assert got["complete"] is False and [r["method"] for r in got["results"]] == ["mae"]
+    assert {row["method"]: row["mimkit_images_per_s"] for row in got["median"]} == {"mae": 123.0, "simmim": None}

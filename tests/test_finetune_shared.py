@@ -232,6 +232,12 @@ def test_the_share_chosen_on_validation_carries_to_another_total(tmp_path, monke
     assert other["command"].startswith(f"python benchmarks/finetune_shared.py --total 60 --model {CURVE.format(15)}")
     assert finetune_shared.main(["--total", "30", "--recipes", str(rec)]) == 0  # at its own total: 15 + 15
     assert runs[3:] == [15.0, 30.0]
+    # recipes searched at another total go to a file of their own (--out, which the command records, relative)
+    at60 = root / "results" / "finetune_shared_60min_tuned_at60.json"
+    assert finetune_shared.main(["--total", "60", "--recipes", str(rec), "--out", str(at60)]) == 0
+    assert runs[5:] == [30.0]  # the pretrained arm; scratch is the shared arm of this total
+    assert " --out results/finetune_shared_60min_tuned_at60.json" in json.loads(at60.read_text())["command"]
+    assert json.loads((root / "results" / "finetune_shared_60min_tuned.json").read_text())["model"].endswith("30min")
     assert finetune_shared._share_model({"total_minutes": 30, "chosen": {"pretrained": {"model": CURVE.format(7.5)}}},
                                         120) == CURVE.format(30)  # 7.5 of 30: 30 of 120
     # another method's own search (it records its model): its arms never land in MAE's file
@@ -241,7 +247,7 @@ def test_the_share_chosen_on_validation_carries_to_another_total(tmp_path, monke
     own.write_text(json.dumps({**json.loads(rec.read_text()), "model": d2v2, "total_minutes": 30}))
     mae = (root / "results" / "finetune_shared_30min_tuned.json").read_text()
     assert finetune_shared.main(["--total", "30", "--recipes", str(own)]) == 0
-    assert runs[5:] == [15.0]  # its 15 minutes; the same scratch arm as MAE's
+    assert runs[6:] == [15.0]  # its 15 minutes; the same scratch arm as MAE's
     assert (root / "results" / "finetune_shared_30min_tuned.json").read_text() == mae
     got = json.loads((root / "results" / "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json").read_text())
     assert got["model"] == d2v2 and got["arms"]["scratch"]["measured_in"] == "finetune_shared_30min_tuned.json"
