@@ -54,6 +54,14 @@ kept only where it is better on validation.
 
     python benchmarks/finetune_shared.py --total 30 --tune 3 --ema 0.999
 
+**More levers** (``--also KEY=VALUE[,KEY=VALUE]``, repeatable, with ``--tune``): likewise, one more trial per side
+per lever, at the recipe chosen so far plus those settings; ``--tune-dir`` keeps such a search apart from the one
+whose recipes are already run (copy its ``.jsonl`` there first: its finished trials are not run again).
+
+    python benchmarks/finetune_shared.py --total 60 --tune 6 --model results/curve/mae_vit_tiny_patch4_28-30min \
+        --alt-model results/curve/mae_vit_tiny_patch4_28-15min --ema 0.999 --also mixup=0.2 \
+        --also drop_path=0,label_smoothing=0 --tune-dir results/finetune_tune_60min_levers
+
 **What a lever gave on test** (``--against EARLIER.json``): each arm's paired difference to the same arm of an
 earlier result, with what changed between them, under ``against`` (a reading beside a reading: both were chosen on
 validation and each read the test set once).
@@ -106,8 +114,13 @@ def main(argv=None) -> int:
                                                               "recipe with an EMA of the weights (see the module doc)")
     p.add_argument("--against", metavar="EARLIER.json", help="an earlier result of this script (e.g. before a lever "
                                                              "was chosen): each arm's paired test difference to it")
+    p.add_argument("--also", action="append", metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="with --tune, one more trial on each side per --also: its chosen recipe with these settings "
+                        "(e.g. mixup=0.2 or drop_path=0,label_smoothing=0), kept only where better on validation")
     p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
+    for lever in args.also or []:  # a typo is refused before any trial runs
+        _lever(lever)
     if args.against and not Path(args.against).exists():  # before any arm trains, not after hours of it
         raise SystemExit(f"finetune_shared: --against {args.against} does not exist; give an earlier finetune_shared_*.json")
     rec = json.loads(Path(args.recipes).read_text()) if args.recipes else {}
@@ -264,6 +277,25 @@ def _init_id(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _lever(text: str) -> dict:
+    """``mixup=0.2,drop_path=0`` -> {"mixup": 0.2, "drop_path": 0.0}: numeric settings of the fine-tuning
+    (``finetune_for_minutes`` and the ``finetune`` it calls)."""
+    import inspect
+
+    from mimkit.eval.finetune import finetune, finetune_for_minutes
+
+    known = {k for f in (finetune_for_minutes, finetune) for k, v in inspect.signature(f).parameters.items()
+             if v.default is not inspect.Parameter.empty and isinstance(v.default, (int, float))}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in known or not value:
+            raise SystemExit(f"finetune_shared: --also {text}: give KEY=VALUE with KEY a setting of finetune_for_minutes "
+                             f"(e.g. mixup=0.2, drop_path=0, label_smoothing=0)")
+        out[key] = float(value)
+    return out
+
+
 def _repo_path(p: Path) -> str:
     """``p`` as a committed command names it: relative to the repository, or its bare name outside it (never a
     machine's absolute path)."""
@@ -397,7 +429,8 @@ def tune(args, model, data, pre: float) -> int:
                               (f"{found['scratch']['chosen']['trial']} + blr x2", {**recipe["scratch"], "blr": 2 * blr}))}
         for side, (m, mins, trial) in second.items():
             one_more(side, m, mins, trial, args.alt_model if side == "pretrained" else None)
-    if args.ema:  # one more trial per side: the recipe chosen so far (with its model) plus an EMA of the weights
+    def at_choice(label: str, over: dict):
+        """One more trial per side: the recipe it has chosen so far (with its model) plus ``over``."""
         for side in found:
             c = found[side]["chosen"]
             m, mins = model, minutes[side]
@@ -406,8 +439,12 @@ def tune(args, model, data, pre: float) -> int:
             elif c.get("model"):
                 m = mimkit.load(ROOT / c["model"] / "model")
                 mins = args.tune * (args.total - _pretrain_minutes(ROOT / c["model"])) / args.total
-            one_more(side, m, mins, (f"{c['trial']} + ema {args.ema:g}", {**c["recipe"], "ema": args.ema}),
-                     c.get("model"))
+            one_more(side, m, mins, (f"{c['trial']} + {label}", {**c["recipe"], **over}), c.get("model"))
+
+    if args.ema:  # the recipe chosen so far plus an EMA of the weights
+        at_choice(f"ema {args.ema:g}", {"ema": args.ema})
+    for lever in getattr(args, "also", None) or []:  # likewise, each --also in turn
+        at_choice(lever.replace("=", " ").replace(",", " "), _lever(lever))
     chosen = {side: f["chosen"] for side, f in found.items()}
     out = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min{tag}.json"
     out.write_text(
@@ -416,7 +453,10 @@ def tune(args, model, data, pre: float) -> int:
                 "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}"
                 + (f" --model {args.model}" if tag else "")
                 + (f" --alt-model {args.alt_model}" if args.alt_model else "")
-                + (f" --ema {args.ema:g}" if args.ema else ""),
+                + (f" --tune-dir {_repo_path(Path(args.tune_dir))}"
+                   if Path(args.tune_dir).resolve() != (ROOT / "results").resolve() else "")
+                + (f" --ema {args.ema:g}" if args.ema else "")
+                + "".join(f" --also {lever}" for lever in getattr(args, "also", None) or []),
                 "model": getattr(args, "model", None) or DEFAULT_MODEL,
                 "total_minutes": args.total,
                 "trials_per_side": {side: len(f["trials"]) for side, f in found.items()},

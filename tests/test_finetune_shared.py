@@ -42,7 +42,7 @@ def _faked(monkeypatch):
             if name not in done:
                 calls.append((side, name, round(minutes, 3), getattr(model, "pretrain_tag", None), over))
                 done[name] = {"side": side, "trial": name, "recipe": {"layer_decay": ft.BASE_LAYER_DECAY[side], **over},
-                              "val_acc": acc[name], "measured_minutes": minutes}
+                              "val_acc": acc.get(name, 0.4), "measured_minutes": minutes}
                 on_trial(done[name])
             out.append(done[name])
         best = max(out, key=lambda t: t["val_acc"])
@@ -251,3 +251,23 @@ def test_the_share_chosen_on_validation_carries_to_another_total(tmp_path, monke
     assert (root / "results" / "finetune_shared_30min_tuned.json").read_text() == mae
     got = json.loads((root / "results" / "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json").read_text())
     assert got["model"] == d2v2 and got["arms"]["scratch"]["measured_in"] == "finetune_shared_30min_tuned.json"
+
+
+def test_also_is_one_more_trial_per_side_per_lever(tmp_path, monkeypatch):
+    """--also KEY=VALUE: one more trial per side at the recipe each has chosen so far, with the lever; a lever
+    that is no setting of the fine-tuning is refused before anything runs."""
+    finetune_shared, calls, model = _faked(monkeypatch)
+    args = argparse.Namespace(total=30.0, tune=2.0, alt_model=None, seed=0, batch_size=8, rerun=False,
+                              tune_dir=str(tmp_path), ema=None, also=["mixup=0.2", "drop_path=0,label_smoothing=0"])
+    assert finetune_shared.tune(args, model, _data(), 15.0) == 0
+    got = json.loads((tmp_path / "finetune_tune_30min.json").read_text())
+    levers = [c for c in calls if "+" in c[1]]
+    assert [(c[0], c[1]) for c in levers] == [
+        ("pretrained", "blr4e-3 + mixup 0.2"), ("scratch", "blr4e-3 + mixup 0.2"),
+        ("pretrained", "blr4e-3 + drop_path 0 label_smoothing 0"), ("scratch", "blr4e-3 + drop_path 0 label_smoothing 0")]
+    assert levers[0][4] == {"layer_decay": 0.75, "blr": 4e-3, "mixup": 0.2}
+    assert levers[3][4] == {"layer_decay": 1.0, "blr": 4e-3, "drop_path": 0.0, "label_smoothing": 0.0}
+    assert got["trials_per_side"] == {"pretrained": 4, "scratch": 4}  # equal counts
+    assert got["command"].endswith("--tune-dir " + tmp_path.name + " --also mixup=0.2 --also drop_path=0,label_smoothing=0")
+    with pytest.raises(SystemExit, match="--also mixup0.2: give KEY=VALUE"):
+        finetune_shared.main(["--total", "30", "--tune", "2", "--also", "mixup0.2"])
