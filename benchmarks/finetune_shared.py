@@ -39,6 +39,13 @@ alike), scratch with its learning rate doubled. A trial better on validation tha
 replaces it; ``--recipes`` then runs the pretrained arm from the model chosen.
 
     python benchmarks/finetune_shared.py --total 30 --tune 3 --alt-model results/curve/mae_vit_tiny_patch4_28-7.5min
+
+``--alt-model`` repeats: one more trial per side per model (a 0.25 and a 0.75 share beside the 0.5 of ``--model``),
+each at the recipes the search chose; beside the k-th, scratch's learning rate is scaled by the k-th of
+:data:`SCRATCH_LR_SCALES` (x2, x0.5, ...), so both sides keep the same number of trials.
+
+    python benchmarks/finetune_shared.py --total 60 --tune 6 --model results/curve/mae_vit_tiny_patch4_28-30min \
+        --alt-model results/curve/mae_vit_tiny_patch4_28-15min --alt-model results/curve/mae_vit_tiny_patch4_28-45min
     python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
 
 **The share at another total**: ``--recipes`` of a search at T minutes run at another ``--total`` keep the share it
@@ -80,6 +87,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "results/curve/mae_vit_tiny_patch4_28-15min"
+# scratch's extra trial beside each --alt-model in turn (equal counts): its chosen learning rate times these
+SCRATCH_LR_SCALES = (2.0, 0.5, 4.0, 0.25)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -108,8 +117,8 @@ def main(argv=None) -> int:
         help="run the equal-trial recipe search on the validation split (scratch trials MINUTES long)",
     )
     p.add_argument("--recipes", help="a --tune result: run the two arms with the recipes it chose")
-    p.add_argument("--alt-model", help="with --tune, another curve model (another pretraining share of --total): "
-                                       "one more trial on each side, chosen on validation (see the module doc)")
+    p.add_argument("--alt-model", action="append", help="with --tune, another curve model (another pretraining share "
+                   "of --total): one more trial on each side, chosen on validation (repeatable; see the module doc)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="with --tune, one more trial on each side: its chosen "
                                                               "recipe with an EMA of the weights (see the module doc)")
     p.add_argument("--against", metavar="EARLIER.json", help="an earlier result of this script (e.g. before a lever "
@@ -415,20 +424,24 @@ def tune(args, model, data, pre: float) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
         )
-    if args.alt_model:  # one more trial per side at its chosen recipe: the other share / scratch's lr doubled
-        alt_pre = _pretrain_minutes(ROOT / args.alt_model)
+    alts = [args.alt_model] if isinstance(args.alt_model, str) else list(args.alt_model or [])
+    base = {s: found[s]["chosen"] for s in found}  # every share is tried at the recipes the search chose
+    blr = base["scratch"]["recipe"].get("blr", inspect.signature(finetune_for_minutes).parameters["blr"].default)
+    for k, alt_model in enumerate(alts):  # one more trial per side each: the other share / scratch's lr scaled
+        alt_pre = _pretrain_minutes(ROOT / alt_model)
         if alt_pre >= args.total:
-            raise SystemExit(f"finetune_shared: --alt-model {args.alt_model} was pretrained for {alt_pre} min, "
+            raise SystemExit(f"finetune_shared: --alt-model {alt_model} was pretrained for {alt_pre} min, "
                              f"not less than --total {args.total}")
-        alt = mimkit.load(ROOT / args.alt_model / "model")
-        recipe = {s: found[s]["chosen"]["recipe"] for s in found}
-        blr = recipe["scratch"].get("blr", inspect.signature(finetune_for_minutes).parameters["blr"].default)
+        alt = mimkit.load(ROOT / alt_model / "model")
+        scale = SCRATCH_LR_SCALES[k % len(SCRATCH_LR_SCALES)]
         second = {"pretrained": (alt, args.tune * (args.total - alt_pre) / args.total,
-                                 (f"{alt_pre:g}min + {found['pretrained']['chosen']['trial']}", recipe["pretrained"])),
+                                 (f"{alt_pre:g}min + {base['pretrained']['trial']}", base["pretrained"]["recipe"])),
                   "scratch": (random_init_like(model, args.seed), minutes["scratch"],
-                              (f"{found['scratch']['chosen']['trial']} + blr x2", {**recipe["scratch"], "blr": 2 * blr}))}
+                              (f"{base['scratch']['trial']} + blr x{scale:g}",
+                               {**base["scratch"]["recipe"], "blr": scale * blr}))}
         for side, (m, mins, trial) in second.items():
-            one_more(side, m, mins, trial, args.alt_model if side == "pretrained" else None)
+            one_more(side, m, mins, trial, alt_model if side == "pretrained" else None)
+
     def at_choice(label: str, over: dict):
         """One more trial per side: the recipe it has chosen so far (with its model) plus ``over``."""
         for side in found:
@@ -452,7 +465,7 @@ def tune(args, model, data, pre: float) -> int:
             {
                 "command": f"python benchmarks/finetune_shared.py --total {args.total:g} --tune {args.tune:g}"
                 + (f" --model {args.model}" if tag else "")
-                + (f" --alt-model {args.alt_model}" if args.alt_model else "")
+                + "".join(f" --alt-model {a}" for a in alts)
                 + (f" --tune-dir {_repo_path(Path(args.tune_dir))}"
                    if Path(args.tune_dir).resolve() != (ROOT / "results").resolve() else "")
                 + (f" --ema {args.ema:g}" if args.ema else "")

@@ -244,6 +244,29 @@ def test_finetune_ema_tests_and_returns_the_moving_average_of_the_weights():
         finetune(tiny_mae(), train, test, 2, ema=1.0, **kw)
 
 
+def test_finetune_flip_tta_scores_an_image_and_its_mirror_alike():
+    """flip_tta: every score averages the logits of an image and its horizontal mirror, so an image and its
+    mirror get one prediction. On classes told apart only by side (bright left / bright right half), exactly
+    one of each mirrored pair is right; without it the classifier tells them apart."""
+    from mimkit.eval.finetune import finetune
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 28, 28, generator=g) * 0.3
+    y = torch.arange(96) % 2
+    x[y == 0, :, :, :14] += 1.0
+    x[y == 1, :, :, 14:] += 1.0
+    train = TensorDataset(x, y)
+    test = TensorDataset(torch.cat([x[:24], x[:24].flip(-1)]), torch.cat([y[:24], 1 - y[:24]]))
+    kw = dict(epochs=3, batch_size=32, blr=3e-2, warmup_epochs=0.5, progress=False, keep_correct=True)
+    torch.manual_seed(0)
+    _, res = finetune(tiny_mae(), train, test, 2, flip_tta=True, **kw)
+    right = res["correct"]
+    assert res["flip_tta"] is True and bool((right[:24] ^ right[24:]).all())
+    torch.manual_seed(0)
+    _, plain = finetune(tiny_mae(), train, test, 2, **kw)
+    assert plain["flip_tta"] is False and plain["acc"] > 0.9
+
+
 # ---- command line -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
@@ -300,11 +323,12 @@ def test_cli_finetune_and_errors(image_folder, saved_mae, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert 0 <= r["results"]["acc"] <= 1 and r["results"]["layer_decay"] == 0.75
     assert (tmp_path / "ft" / "classifier.safetensors").exists()
-    # a budget in minutes instead of epochs, with an EMA of the weights
+    assert r["results"]["flip_tta"] is False
+    # a budget in minutes instead of epochs, with an EMA of the weights, scored with flip averaging
     assert main(["finetune", "--checkpoint", str(saved_mae), "--data", str(image_folder), "--minutes", "0.05",
-                 "--ema", "0.9", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
+                 "--ema", "0.9", "--flip-tta", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
     r = json.loads(out.read_text())["results"]
-    assert r["budget_minutes"] == 0.05 and r["ema"] == 0.9 and r["steps"] >= 1
+    assert r["budget_minutes"] == 0.05 and r["ema"] == 0.9 and r["steps"] >= 1 and r["flip_tta"] is True
     # clear errors: a folder without train/test, a missing checkpoint, cls pooling on Swin
     flat = tmp_path / "flat"
     flat.mkdir()

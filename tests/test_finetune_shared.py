@@ -271,3 +271,42 @@ def test_also_is_one_more_trial_per_side_per_lever(tmp_path, monkeypatch):
     assert got["command"].endswith("--tune-dir " + tmp_path.name + " --also mixup=0.2 --also drop_path=0,label_smoothing=0")
     with pytest.raises(SystemExit, match="--also mixup0.2: give KEY=VALUE"):
         finetune_shared.main(["--total", "30", "--tune", "2", "--also", "mixup0.2"])
+
+
+def test_alt_model_repeats_one_more_trial_per_side_per_share(tmp_path, monkeypatch):
+    """Two --alt-model (a 0.25 and a 0.75 share beside the 0.5 of the model searched): one more trial per side
+    each, both at the recipe the search chose; scratch's extra trials scale its learning rate x2 then x0.5, so
+    the counts stay equal, and the best on validation is chosen on each side."""
+    finetune_shared, calls, _ = _faked(monkeypatch)
+    import mimkit
+
+    model = mimkit.load(ROOT / CURVE.format(30) / "model")
+    extra = {"15min + blr4e-3": 0.62, "7.5min + blr4e-3": 0.66, "blr4e-3 + blr x2": 0.55, "blr4e-3 + blr x0.5": 0.63}
+    monkeypatch.setattr(finetune_shared, "SCRATCH_LR_SCALES", (2.0, 0.5))
+    args = argparse.Namespace(total=60.0, tune=2.0, alt_model=[CURVE.format(15), CURVE.format(7.5)], seed=0,
+                              batch_size=8, rerun=False, tune_dir=str(tmp_path), ema=None)
+    log = tmp_path / "finetune_tune_60min.jsonl"
+    for name, acc in extra.items():  # their validation readings, as finished trials of an earlier run
+        side = "scratch" if "blr x" in name else "pretrained"
+        ld = 1.0 if side == "scratch" else 0.75
+        blr = {"blr4e-3 + blr x2": 8e-3, "blr4e-3 + blr x0.5": 2e-3}.get(name, 4e-3)
+        with log.open("a") as f:
+            f.write(json.dumps({"side": side, "trial": name, "recipe": {"layer_decay": ld, "blr": blr}, "val_acc": acc,
+                                "measured_minutes": 1.0}) + "\n")
+    assert finetune_shared.tune(args, model, _data(), 30.0) == 0
+    assert [c[1] for c in calls if "+" in c[1]] == []  # the four extra trials were finished: none runs again
+    got = json.loads((tmp_path / "finetune_tune_60min.json").read_text())
+    names = [t["trial"] for t in got["trials"]]
+    assert names.count("15min + blr4e-3") == names.count("7.5min + blr4e-3") == 1
+    assert got["trials_per_side"] == {"pretrained": 4, "scratch": 4}  # equal counts
+    assert got["chosen"]["pretrained"]["model"] == CURVE.format(7.5) and got["chosen"]["pretrained"]["val_acc"] == 0.66
+    assert got["chosen"]["scratch"]["trial"] == "blr4e-3 + blr x0.5"
+    assert f"--alt-model {CURVE.format(15)} --alt-model {CURVE.format(7.5)} --tune-dir" in got["command"]
+    log.unlink()  # from nothing: the trials run, the pretrained one on its own model and minutes
+    (tmp_path / "finetune_tune_60min.json").unlink()
+    assert finetune_shared.tune(args, model, _data(), 30.0) == 0
+    second = [c for c in calls if "+" in c[1]]
+    assert [(c[0], c[1], c[2]) for c in second] == [
+        ("pretrained", "15min + blr4e-3", 1.5), ("scratch", "blr4e-3 + blr x2", 2.0),  # 2 x (60 - 15) / 60
+        ("pretrained", "7.5min + blr4e-3", 1.75), ("scratch", "blr4e-3 + blr x0.5", 2.0)]
+    assert second[2][3] == CURVE.format(7.5).rsplit("/", 1)[1] and second[3][4]["blr"] == 2e-3

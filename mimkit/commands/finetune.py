@@ -53,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--ema", type=float, default=D["ema"],
                    help="decay of an exponential moving average of the weights, which is then tested and saved "
                         "(timm ModelEmaV3 with warm-up; e.g. 0.999; default 0 = off)")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="score each test (and validation) image as the mean of its and its mirror image's logits "
+                        "(only where a flipped image keeps its class)")
     p.add_argument("--warmup-epochs", type=float, default=D["warmup_epochs"])
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.5, 1.0),
                    help="RandomResizedCrop scale range for training (default 0.5 1.0)")
@@ -97,7 +100,8 @@ def run(args) -> int:
                       weight_decay=args.weight_decay, drop_path=args.drop_path, mixup=args.mixup, cutmix=args.cutmix,
                       label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs, seed=args.seed,
                       out_dir=args.save_dir, progress=not args.no_progress, num_workers=args.num_workers,
-                      eval_every=args.eval_every, accelerator=args.accelerator, minutes=args.minutes, ema=args.ema)
+                      eval_every=args.eval_every, accelerator=args.accelerator, minutes=args.minutes, ema=args.ema,
+                      flip_tta=args.flip_tta)
     summary = {"protocol": "finetune", "checkpoint": args.checkpoint, "data": args.data,
                "crop_scale": list(args.crop_scale), "hflip": not args.no_hflip, "results": res,
                "labels_per_class": args.labels_per_class,

@@ -40,8 +40,9 @@ class FinetuneModule(BudgetAware, L.LightningModule):
 
     def __init__(self, classifier: Classifier, lr: float, min_lr: float = 0.0, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0, mixup: float = 0.0, cutmix: float = 0.0,
-                 label_smoothing: float = 0.0, betas=(0.9, 0.999), ema: float = 0.0):
+                 label_smoothing: float = 0.0, betas=(0.9, 0.999), ema: float = 0.0, flip_tta: bool = False):
         super().__init__()
+        self.flip_tta = bool(flip_tta)  # scoring averages the logits of each image and its mirror image
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema is the decay of the weights' moving average, in [0, 1) (0 = off), got {ema}")
         self.test_correct: list = []  # filled by the final pass over the test set (finetune(keep_correct=True))
@@ -130,7 +131,10 @@ class FinetuneModule(BudgetAware, L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.scored()(x)
+        model = self.scored()
+        logits = model(x)
+        if self.flip_tta:  # test-time flip averaging: the same for validation and the test read
+            logits = (logits + model(x.flip(-1))) / 2
         bs = x.shape[0]
         self.log("val/loss", self.eval_loss(logits.float(), y), batch_size=bs, on_epoch=True)
         hit = logits.argmax(1) == y
@@ -224,7 +228,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
              compile=False, val_dataset=None, patience: int | None = None, minutes: float | None = None,
-             keep_correct: bool = False, ema: float = 0.0):
+             keep_correct: bool = False, ema: float = 0.0, flip_tta: bool = False):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
@@ -240,7 +244,8 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     schedule, as ``mimkit pretrain --minutes`` (:mod:`mimkit.train.budget`: warm-up, then a cosine timed
     to end at the budget and re-fitted when the machine's speed changes); ``epochs`` is then ignored.
     ``ema`` > 0: an exponential moving average of the weights (timm ``ModelEmaV3``, with warm-up, decay
-    capped at ``ema``) is what is scored, tested and returned.
+    capped at ``ema``) is what is scored, tested and returned. ``flip_tta``: every score (validation and the
+    test read) averages the logits of each image and its horizontal mirror, as training saw both.
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy (and, with
     ``val_dataset``, ``val_acc`` and ``best_epoch``; with ``keep_correct``, ``correct``: a bool per test
     image, from the same single pass over the test set)."""
@@ -255,7 +260,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     dpr = set_drop_path(classifier.encoder, drop_path)
     lr = float(lr) if lr is not None else blr * batch_size / 256
     module = FinetuneModule(classifier, lr, min_lr, weight_decay, layer_decay, warmup_epochs, mixup, cutmix,
-                            label_smoothing, ema=ema)
+                            label_smoothing, ema=ema, flip_tta=flip_tta)
     pin = torch.cuda.is_available()
     from ..data import BatchedSamples, collate
 
@@ -323,7 +328,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         "epochs": epochs if minutes is None else round(len(hist) / steps_per_epoch, 2), "steps": len(hist),
         "budget_minutes": minutes, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
         "layer_decay": layer_decay, "weight_decay": weight_decay, "drop_path": drop_path, "mixup": mixup,
-        "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs, "pool": pool, "ema": ema,
+        "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs, "pool": pool, "ema": ema, "flip_tta": bool(flip_tta),
         "seed": seed, "train_images": len(train_dataset), "test_images": len(test_dataset),
         "fit_seconds": round(t_fit, 1), "eval_seconds": round(time.time() - t1, 1),
         "train_images_per_second": round(len(hist) * batch_size / max(t_fit, 1e-9), 1),
