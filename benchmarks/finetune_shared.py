@@ -39,6 +39,7 @@ alike), scratch with its learning rate doubled. A trial better on validation tha
 replaces it; ``--recipes`` then runs the pretrained arm from the model chosen.
 
     python benchmarks/finetune_shared.py --total 30 --tune 3 --alt-model results/curve/mae_vit_tiny_patch4_28-7.5min
+    python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
 
 ``--alt-model`` repeats: one more trial per side per model (a 0.25 and a 0.75 share beside the 0.5 of ``--model``),
 each at the recipes the search chose; beside the k-th, scratch's learning rate is scaled by the k-th of
@@ -46,7 +47,6 @@ each at the recipes the search chose; beside the k-th, scratch's learning rate i
 
     python benchmarks/finetune_shared.py --total 60 --tune 6 --model results/curve/mae_vit_tiny_patch4_28-30min \
         --alt-model results/curve/mae_vit_tiny_patch4_28-15min --alt-model results/curve/mae_vit_tiny_patch4_28-45min
-    python benchmarks/finetune_shared.py --total 30 --recipes results/finetune_tune_30min.json
 
 **The share at another total**: ``--recipes`` of a search at T minutes run at another ``--total`` keep the share it
 chose as a fraction: 15 of 30 chosen, 30 of 60 run (the same method's curve point for that many minutes; refused with
