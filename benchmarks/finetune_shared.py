@@ -9,7 +9,7 @@ For a total budget T (``--total``) and a committed curve model pretrained for P 
 
 each on the 60k training images with their labels, each read on the 10k test images once; the difference
 carries a paired bootstrap interval and a verdict. Each arm runs alone and is kept in ``--out`` as soon as it
-is in (a rerun skips finished arms; ``--rerun`` repeats them).
+is in (a rerun skips finished arms; ``--rerun`` measures both again, a scratch arm of another file included).
 
     python benchmarks/finetune_shared.py --total 30
 
@@ -69,6 +69,17 @@ whose recipes are already run (copy its ``.jsonl`` there first: its finished tri
         --alt-model results/curve/mae_vit_tiny_patch4_28-15min --ema 0.999 --also mixup=0.2 \
         --also drop_path=0,label_smoothing=0 --tune-dir results/finetune_tune_60min_levers
 
+**Flip averaging chosen on the same weights** (``--flip-choice``, with ``--tune``, after every other lever): one more
+trial per side, its choice so far trained again (without ``flip_tta``: flip averaging changes scoring, not training)
+and its validation scored both ways on the same weights (``finetune(score_flips=True)``); the recipe keeps flip
+averaging only where it scores higher. Unlike ``--also flip_tta=1``, whose trial trains a second model for its own
+budget-true number of steps, the two scores differ by the scoring alone.
+
+    python benchmarks/finetune_shared.py --total 60 --tune 6 --model results/curve/mae_vit_tiny_patch4_28-30min \
+        --alt-model results/curve/mae_vit_tiny_patch4_28-15min --alt-model results/curve/mae_vit_tiny_patch4_28-45min \
+        --ema 0.999 --also mixup=0.2 --also drop_path=0,label_smoothing=0 --also blr=0.008 --flip-choice \
+        --tune-dir results/finetune_tune_60min_flipchoice
+
 **What a lever gave on test** (``--against EARLIER.json``): each arm's paired difference to the same arm of an
 earlier result, with what changed between them, under ``against`` (a reading beside a reading: both were chosen on
 validation and each read the test set once).
@@ -126,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--also", action="append", metavar="KEY=VALUE[,KEY=VALUE]",
                    help="with --tune, one more trial on each side per --also: its chosen recipe with these settings "
                         "(e.g. mixup=0.2 or drop_path=0,label_smoothing=0), kept only where better on validation")
+    p.add_argument("--flip-choice", action="store_true", help="with --tune, last, one more trial on each side: its "
+                   "choice trained again and scored with and without flip averaging on the same weights (module doc)")
     p.add_argument("--tune-dir", default=str(ROOT / "results"), help="where --tune keeps its trials and choice")
     args = p.parse_args(argv)
     for lever in args.also or []:  # a typo is refused before any trial runs
@@ -194,7 +207,7 @@ def main(argv=None) -> int:
                 print(f"finetune_shared: {name} already measured ({arm['accuracy']:.4f}); kept", flush=True)
                 continue
             print(f"finetune_shared: {name} ran {ran} before; now {want}: measuring it again", flush=True)
-        if name == "scratch":  # the same random init under the same recipe for as long, measured for another model
+        if name == "scratch" and not args.rerun:  # the same random init, recipe and minutes, measured for another model
             base = _same_scratch(out, want, args.seed)
             if base:
                 b_arm = json.loads(base.read_text())["arms"]["scratch"]
@@ -409,6 +422,27 @@ def tune(args, model, data, pre: float) -> int:
             found[side]["chosen"] = got["chosen"]
         found[side]["trials"] = found[side]["trials"] + got["trials"]
 
+    def flip_choice(side: str):
+        """One more trial: the side's choice trained once more, its validation scored with and without flip
+        averaging on the same weights (no second training, no step-count confound); the better way is kept in
+        its recipe (a tie: without)."""
+        c = found[side]["chosen"]
+        recipe = {k: v for k, v in c["recipe"].items() if k != "flip_tta"}  # flip averaging never changes training
+        name = f"{c['trial']} + flip choice"
+        m, mins = chosen_model(side, c)
+        got = tune_finetune(m, side, fit_aug, val_set, data.num_classes, mins, done=done[side], on_trial=keep,
+                            batch_size=args.batch_size, seed=args.seed, trials={side: ((name, recipe),)},
+                            score_flips=True)
+        t = got["trials"][0]
+        by = t["val_acc_by_flip"]
+        flip = by["flip"] > by["plain"]
+        if c.get("model"):
+            t["model"] = c["model"]
+        found[side]["chosen"] = {"trial": name, "recipe": {**recipe, **({"flip_tta": 1.0} if flip else {})},
+                                 "val_acc": by["flip" if flip else "plain"], "val_acc_by_flip": by,
+                                 **({"model": c["model"]} if c.get("model") else {})}
+        found[side]["trials"] = found[side]["trials"] + got["trials"]
+
     found = {}
     for side in FINETUNE_TRIALS:
         m = model if side == "pretrained" else random_init_like(model, args.seed)
@@ -442,22 +476,28 @@ def tune(args, model, data, pre: float) -> int:
         for side, (m, mins, trial) in second.items():
             one_more(side, m, mins, trial, alt_model if side == "pretrained" else None)
 
+    def chosen_model(side: str, c: dict):
+        """The model and trial minutes of a side's choice so far (a pretrained choice may be another share)."""
+        if side == "scratch":
+            return random_init_like(model, args.seed), minutes[side]
+        if c.get("model"):
+            return (mimkit.load(ROOT / c["model"] / "model"),
+                    args.tune * (args.total - _pretrain_minutes(ROOT / c["model"])) / args.total)
+        return model, minutes[side]
+
     def at_choice(label: str, over: dict):
         """One more trial per side: the recipe it has chosen so far (with its model) plus ``over``."""
         for side in found:
             c = found[side]["chosen"]
-            m, mins = model, minutes[side]
-            if side == "scratch":
-                m = random_init_like(model, args.seed)
-            elif c.get("model"):
-                m = mimkit.load(ROOT / c["model"] / "model")
-                mins = args.tune * (args.total - _pretrain_minutes(ROOT / c["model"])) / args.total
-            one_more(side, m, mins, (f"{c['trial']} + {label}", {**c["recipe"], **over}), c.get("model"))
+            one_more(side, *chosen_model(side, c), (f"{c['trial']} + {label}", {**c["recipe"], **over}), c.get("model"))
 
     if args.ema:  # the recipe chosen so far plus an EMA of the weights
         at_choice(f"ema {args.ema:g}", {"ema": args.ema})
     for lever in getattr(args, "also", None) or []:  # likewise, each --also in turn
         at_choice(lever.replace("=", " ").replace(",", " "), _lever(lever))
+    if getattr(args, "flip_choice", False):  # last: flip averaging chosen on the same weights
+        for side in found:
+            flip_choice(side)
     chosen = {side: f["chosen"] for side, f in found.items()}
     out = Path(args.tune_dir) / f"finetune_tune_{args.total:g}min{tag}.json"
     out.write_text(
@@ -469,7 +509,8 @@ def tune(args, model, data, pre: float) -> int:
                 + (f" --tune-dir {_repo_path(Path(args.tune_dir))}"
                    if Path(args.tune_dir).resolve() != (ROOT / "results").resolve() else "")
                 + (f" --ema {args.ema:g}" if args.ema else "")
-                + "".join(f" --also {lever}" for lever in getattr(args, "also", None) or []),
+                + "".join(f" --also {lever}" for lever in getattr(args, "also", None) or [])
+                + (" --flip-choice" if getattr(args, "flip_choice", False) else ""),
                 "model": getattr(args, "model", None) or DEFAULT_MODEL,
                 "total_minutes": args.total,
                 "trials_per_side": {side: len(f["trials"]) for side, f in found.items()},

@@ -247,8 +247,9 @@ def test_finetune_ema_tests_and_returns_the_moving_average_of_the_weights():
 def test_finetune_flip_tta_scores_an_image_and_its_mirror_alike():
     """flip_tta: every score averages the logits of an image and its horizontal mirror, so an image and its
     mirror get one prediction. On classes told apart only by side (bright left / bright right half), exactly
-    one of each mirrored pair is right; without it the classifier tells them apart."""
-    from mimkit.eval.finetune import finetune
+    one of each mirrored pair is right; without it the classifier tells them apart. score_flips: the final pass
+    scores the same weights both ways (what classifier_accuracy with and without flip_tta reads)."""
+    from mimkit.eval.finetune import classifier_accuracy, classifier_predictions, finetune
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 1, 28, 28, generator=g) * 0.3
@@ -259,12 +260,16 @@ def test_finetune_flip_tta_scores_an_image_and_its_mirror_alike():
     test = TensorDataset(torch.cat([x[:24], x[:24].flip(-1)]), torch.cat([y[:24], 1 - y[:24]]))
     kw = dict(epochs=3, batch_size=32, blr=3e-2, warmup_epochs=0.5, progress=False, keep_correct=True)
     torch.manual_seed(0)
-    _, res = finetune(tiny_mae(), train, test, 2, flip_tta=True, **kw)
+    clf, res = finetune(tiny_mae(), train, test, 2, flip_tta=True, score_flips=True, **kw)
     right = res["correct"]
     assert res["flip_tta"] is True and bool((right[:24] ^ right[24:]).all())
+    assert res["acc_by_flip"]["flip"] == res["acc"] == 0.5
+    assert res["acc_by_flip"]["plain"] == pytest.approx(classifier_accuracy(clf, test), abs=1e-6)
+    assert torch.equal(classifier_predictions(clf, test, flip_tta=True) == test.tensors[1], right)
     torch.manual_seed(0)
-    _, plain = finetune(tiny_mae(), train, test, 2, **kw)
-    assert plain["flip_tta"] is False and plain["acc"] > 0.9
+    clf, plain = finetune(tiny_mae(), train, test, 2, score_flips=True, **kw)
+    assert plain["flip_tta"] is False and plain["acc"] > 0.9 and plain["acc_by_flip"]["plain"] == plain["acc"]
+    assert plain["acc_by_flip"]["flip"] == pytest.approx(classifier_accuracy(clf, test, flip_tta=True), abs=1e-6) == 0.5
 
 
 # ---- command line -------------------------------------------------------------------------------

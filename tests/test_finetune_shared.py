@@ -23,7 +23,7 @@ def _data():
                       classes=["a", "b", "c"])
 
 
-def _faked(monkeypatch):
+def _faked(monkeypatch, by_flip=None, more=None):
     """finetune_shared with trials faked (validation accuracy by trial name) and models tagged by their curve
     point: (module, calls made, the 15-minute model)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,7 +34,7 @@ def _faked(monkeypatch):
 
     calls = []
     acc = {"base": 0.5, "blr4e-3": 0.6, "7.5min + blr4e-3": 0.65, "blr4e-3 + blr x2": 0.55,
-           "7.5min + blr4e-3 + ema 0.999": 0.62, "blr4e-3 + ema 0.999": 0.7}
+           "7.5min + blr4e-3 + ema 0.999": 0.62, "blr4e-3 + ema 0.999": 0.7, **(more or {})}
 
     def fake(model, side, fit_aug, val_set, num_classes, minutes, *, done, on_trial, trials=None, **kw):
         out = []
@@ -43,6 +43,8 @@ def _faked(monkeypatch):
                 calls.append((side, name, round(minutes, 3), getattr(model, "pretrain_tag", None), over))
                 done[name] = {"side": side, "trial": name, "recipe": {"layer_decay": ft.BASE_LAYER_DECAY[side], **over},
                               "val_acc": acc.get(name, 0.4), "measured_minutes": minutes}
+                if kw.get("score_flips"):  # the same weights scored without and with flip averaging
+                    done[name].update(val_acc=by_flip[name]["plain"], val_acc_by_flip=by_flip[name])
                 on_trial(done[name])
             out.append(done[name])
         best = max(out, key=lambda t: t["val_acc"])
@@ -163,6 +165,10 @@ def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_p
     mae = json.loads((root / "results" / "finetune_shared_30min_tuned.json").read_text())
     assert got["arms"]["scratch"]["init"] == mae["arms"]["scratch"]["init"]
     assert got["pretrained_vs_scratch"]["diff"] == pytest.approx(0.0)  # both fakes get the same images right
+    assert finetune_shared.main(["--total", "30", "--model", d2v2, "--recipes", r, "--rerun"]) == 0
+    assert runs[3:] == [(15.0, 4e-3, None), (30.0, 4e-3, None)]  # --rerun: both measured again, scratch too
+    got = json.loads((root / "results" / "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json").read_text())
+    assert "measured_in" not in got["arms"]["scratch"]
 
 
 def test_a_scratch_arm_is_shared_only_by_the_same_random_init():
@@ -310,3 +316,30 @@ def test_alt_model_repeats_one_more_trial_per_side_per_share(tmp_path, monkeypat
         ("pretrained", "15min + blr4e-3", 1.5), ("scratch", "blr4e-3 + blr x2", 2.0),  # 2 x (60 - 15) / 60
         ("pretrained", "7.5min + blr4e-3", 1.75), ("scratch", "blr4e-3 + blr x0.5", 2.0)]
     assert second[2][3] == CURVE.format(7.5).rsplit("/", 1)[1] and second[3][4]["blr"] == 2e-3
+
+
+def test_flip_choice_scores_the_choice_both_ways_on_the_same_weights(tmp_path, monkeypatch):
+    """--flip-choice, last: one more trial per side, its choice so far (another share's model included) trained
+    again without flip_tta and scored both ways; flip averaging stays in the recipe only where it scores higher
+    (a tie: without), and a rerun runs nothing again."""
+    by_flip = {"7.5min + blr4e-3 + flip choice": {"plain": 0.66, "flip": 0.67},
+               "blr4e-3 + flip_tta 1 + flip choice": {"plain": 0.6, "flip": 0.6}}
+    finetune_shared, calls, model = _faked(monkeypatch, by_flip, {"blr4e-3 + flip_tta 1": 0.61})
+    args = argparse.Namespace(total=30.0, tune=2.0, alt_model=CURVE.format(7.5), seed=0, batch_size=8, rerun=False,
+                              tune_dir=str(tmp_path), ema=None, also=["flip_tta=1"], flip_choice=True)
+    assert finetune_shared.tune(args, model, _data(), 15.0) == 0
+    flips = [c for c in calls if c[1].endswith("flip choice")]
+    assert [c[:4] for c in flips] == [
+        ("pretrained", "7.5min + blr4e-3 + flip choice", 1.5, CURVE.format(7.5).rsplit("/", 1)[1]),  # 2 x 22.5 / 30
+        ("scratch", "blr4e-3 + flip_tta 1 + flip choice", 2.0, None)]
+    assert flips[1][4] == {"layer_decay": 1.0, "blr": 4e-3}  # flip averaging never changes the training
+    got = json.loads((tmp_path / "finetune_tune_30min.json").read_text())
+    pre, scr = got["chosen"]["pretrained"], got["chosen"]["scratch"]
+    assert pre["recipe"] == {"layer_decay": 0.75, "blr": 4e-3, "flip_tta": 1.0} and pre["val_acc"] == 0.67
+    assert pre["model"] == CURVE.format(7.5) and pre["val_acc_by_flip"] == by_flip[pre["trial"]]
+    assert scr["recipe"] == {"layer_decay": 1.0, "blr": 4e-3} and scr["val_acc"] == 0.6  # a tie: without
+    assert got["trials_per_side"] == {"pretrained": 5, "scratch": 5}  # equal counts
+    assert got["command"].endswith("--also flip_tta=1 --flip-choice")
+    n = len(calls)
+    assert finetune_shared.tune(args, model, _data(), 15.0) == 0 and len(calls) == n  # kept: nothing runs again
+    assert json.loads((tmp_path / "finetune_tune_30min.json").read_text())["chosen"] == got["chosen"]

@@ -43,6 +43,8 @@ class FinetuneModule(BudgetAware, L.LightningModule):
                  label_smoothing: float = 0.0, betas=(0.9, 0.999), ema: float = 0.0, flip_tta: bool = False):
         super().__init__()
         self.flip_tta = bool(flip_tta)  # scoring averages the logits of each image and its mirror image
+        self.score_flips = False  # finetune(score_flips=True): the final pass also scores the other way
+        self.other_correct: list = []  # ... its hits: flip averaging off where it is on, on where it is off
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema is the decay of the weights' moving average, in [0, 1) (0 = off), got {ema}")
         self.test_correct: list = []  # filled by the final pass over the test set (finetune(keep_correct=True))
@@ -132,15 +134,19 @@ class FinetuneModule(BudgetAware, L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         model = self.scored()
-        logits = model(x)
-        if self.flip_tta:  # test-time flip averaging: the same for validation and the test read
-            logits = (logits + model(x.flip(-1))) / 2
+        final = self.trainer.state.fn == "validate"  # the one pass over the test set after training
+        both = final and self.score_flips
+        plain = model(x)
+        averaged = (plain + model(x.flip(-1))) / 2 if self.flip_tta or both else None
+        logits = averaged if self.flip_tta else plain  # flip averaging: the same for validation and the test read
         bs = x.shape[0]
         self.log("val/loss", self.eval_loss(logits.float(), y), batch_size=bs, on_epoch=True)
         hit = logits.argmax(1) == y
         self.log("val/acc", hit.float().mean(), batch_size=bs, on_epoch=True, prog_bar=True)
-        if self.trainer.state.fn == "validate":  # the one pass over the test set after training
+        if final:
             self.test_correct.append(hit.cpu())
+        if both:  # the same weights scored the other way
+            self.other_correct.append(((plain if self.flip_tta else averaged).argmax(1) == y).cpu())
 
 
 class KeepBest(L.Callback):
@@ -163,28 +169,35 @@ class KeepBest(L.Callback):
             trainer.should_stop = True
 
 
+def _logits(classifier, x: torch.Tensor, flip_tta: bool) -> torch.Tensor:
+    logits = classifier(x)
+    return (logits + classifier(x.flip(-1))) / 2 if flip_tta else logits
+
+
 @torch.no_grad()
-def classifier_predictions(classifier, dataset, batch_size: int = 256) -> torch.Tensor:
-    """Class predictions (N,) of a fine-tuned classifier on a dataset (evaluation transform)."""
+def classifier_predictions(classifier, dataset, batch_size: int = 256, flip_tta: bool = False) -> torch.Tensor:
+    """Class predictions (N,) of a fine-tuned classifier on a dataset (evaluation transform); ``flip_tta``
+    averages the logits of each image and its mirror, as a classifier fine-tuned with it was scored."""
     from .features import batches
 
     was = classifier.training
     classifier.eval()
-    preds = [classifier(x).argmax(1) for x, _ in batches(dataset, batch_size)]
+    preds = [_logits(classifier, x, flip_tta).argmax(1) for x, _ in batches(dataset, batch_size)]
     classifier.train(was)
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()
-def classifier_accuracy(classifier, dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a fine-tuned classifier on a labelled dataset (evaluation transform)."""
+def classifier_accuracy(classifier, dataset, batch_size: int = 256, flip_tta: bool = False) -> float:
+    """Top-1 accuracy of a fine-tuned classifier on a labelled dataset (evaluation transform; ``flip_tta`` as
+    :func:`classifier_predictions`)."""
     from .features import batches
 
     was = classifier.training
     classifier.eval()
     right = total = 0
     for x, y in batches(dataset, batch_size):
-        right += int((classifier(x).argmax(1) == torch.as_tensor(y)).sum())
+        right += int((_logits(classifier, x, flip_tta).argmax(1) == torch.as_tensor(y)).sum())
         total += len(y)
     classifier.train(was)
     return right / max(1, total)
@@ -228,7 +241,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
              out_dir=None, progress: bool = True, num_workers: int = 0, eval_every: int = 0,
              accelerator: str = "auto", precision: str | None = None, trainer_kwargs: dict | None = None,
              compile=False, val_dataset=None, patience: int | None = None, minutes: float | None = None,
-             keep_correct: bool = False, ema: float = 0.0, flip_tta: bool = False):
+             keep_correct: bool = False, ema: float = 0.0, flip_tta: bool = False, score_flips: bool = False):
     """Fine-tune ``model.encoder`` (any mimkit model, or an encoder) with a new head on
     ``train_dataset`` and evaluate on ``test_dataset`` (both yield (image, label)).
 
@@ -246,6 +259,9 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     ``ema`` > 0: an exponential moving average of the weights (timm ``ModelEmaV3``, with warm-up, decay
     capped at ``ema``) is what is scored, tested and returned. ``flip_tta``: every score (validation and the
     test read) averages the logits of each image and its horizontal mirror, as training saw both.
+    ``score_flips``: the final pass also scores the same weights the other way, so that flip averaging can be
+    chosen without a second training (``results["acc_by_flip"]``: ``{"plain": ..., "flip": ...}``); for a
+    validation set passed as ``test_dataset``, never for a test set that is read once per configuration.
     Returns ``(classifier, results)`` with ``results["acc"]`` the final test accuracy (and, with
     ``val_dataset``, ``val_acc`` and ``best_epoch``; with ``keep_correct``, ``correct``: a bool per test
     image, from the same single pass over the test set)."""
@@ -261,6 +277,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     lr = float(lr) if lr is not None else blr * batch_size / 256
     module = FinetuneModule(classifier, lr, min_lr, weight_decay, layer_decay, warmup_epochs, mixup, cutmix,
                             label_smoothing, ema=ema, flip_tta=flip_tta)
+    module.score_flips = bool(score_flips)
     pin = torch.cuda.is_available()
     from ..data import BatchedSamples, collate
 
@@ -317,7 +334,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
             module.classifier.load_state_dict(best.state)
         trainer.limit_val_batches = 1.0
         t1 = time.time()
-        module.test_correct = []
+        module.test_correct, module.other_correct = [], []
         metrics = trainer.validate(module, test_loader, verbose=False)[0]
     hist = module.loss_history
     steps_per_epoch = max(1, len(train_loader))
@@ -334,6 +351,10 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
         "train_images_per_second": round(len(hist) * batch_size / max(t_fit, 1e-9), 1),
         "drop_path_per_block": [round(p, 4) for p in dpr],
     }
+    if score_flips:
+        other = float(torch.cat(module.other_correct).float().mean())
+        results["acc_by_flip"] = {"plain": other if flip_tta else results["acc"],
+                                  "flip": results["acc"] if flip_tta else other}
     if best is not None:
         results.update(val_acc=best.score, best_epoch=best.epoch, val_scores=best.scores, val_images=len(val_dataset),
                        stopped_early=minutes is None and len(best.scores) < math.ceil(epochs) // eval_every)
@@ -424,23 +445,25 @@ def choice_sets(data, fit_rows, val_rows, crop_scale=(0.8, 1.0)):
 
 def tune_finetune(model, side: str, fit_aug, val_set, num_classes: int, minutes: float, *, trials=None,
                   done: dict | None = None, on_trial=None, batch_size: int = 128, seed: int = 0,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, score_flips: bool = False) -> dict:
     """Choose a fine-tuning recipe for ``model`` on a validation split: every trial of ``side``
     (``"pretrained"`` or ``"scratch"``, :data:`FINETUNE_TRIALS`, or ``trials``) is fine-tuned for ``minutes``
     (budget-true) on ``fit_aug`` and scored on ``val_set``; no test image is read. ``done`` ({trial name:
     trial} kept from an earlier run) is not run again; ``on_trial(trial)`` is called after each new one (to
     keep it). Returns ``{"chosen": {"trial", "recipe", "val_acc"}, "trials": [...]}``: the recipe to
-    fine-tune with, layer decay included."""
+    fine-tune with, layer decay included. ``score_flips``: each trial's weights are also scored the other way
+    (flip averaging, :func:`finetune`), kept as the trial's ``val_acc_by_flip``; the choice is unchanged."""
     if side not in BASE_LAYER_DECAY:
         raise ValueError(f"side must be one of {sorted(BASE_LAYER_DECAY)}, got {side!r}")
 
     def run(name, over):
         recipe = {"layer_decay": BASE_LAYER_DECAY[side], **over}
         r = finetune_for_minutes(model, fit_aug, val_set, num_classes, minutes, batch_size=batch_size, seed=seed,
-                                 progress=progress, **recipe)
+                                 progress=progress, score_flips=score_flips, **recipe)
+        by_flip = {"val_acc_by_flip": {k: round(v, 4) for k, v in r["acc_by_flip"].items()}} if score_flips else {}
         return {"side": side, "trial": name, "recipe": recipe, "minutes": round(minutes, 2),
                 "measured_minutes": r["minutes"], "steps": r.get("steps"), "val_acc": round(float(r["acc"]), 4),
-                "fit_images": len(fit_aug), "val_images": len(val_set)}
+                **by_flip, "fit_images": len(fit_aug), "val_images": len(val_set)}
 
     best, out = best_of_trials((trials or FINETUNE_TRIALS)[side], run, "val_acc", done=done, on_trial=on_trial)
     return {"chosen": {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}, "trials": out}
