@@ -387,7 +387,7 @@ def tune(args, model, data, pre: float) -> int:
     import inspect
 
     import mimkit
-    from mimkit.eval.finetune import FINETUNE_TRIALS, choice_sets, finetune_for_minutes, tune_finetune
+    from mimkit.eval.finetune import FINETUNE_TRIALS, choice_sets, finetune_for_minutes, flip_chosen, tune_finetune
     from mimkit.eval.report import random_init_like
     from mimkit.eval.splits import validation_split
 
@@ -434,13 +434,9 @@ def tune(args, model, data, pre: float) -> int:
                             batch_size=args.batch_size, seed=args.seed, trials={side: ((name, recipe),)},
                             score_flips=True)
         t = got["trials"][0]
-        by = t["val_acc_by_flip"]
-        flip = by["flip"] > by["plain"]
         if c.get("model"):
             t["model"] = c["model"]
-        found[side]["chosen"] = {"trial": name, "recipe": {**recipe, **({"flip_tta": 1.0} if flip else {})},
-                                 "val_acc": by["flip" if flip else "plain"], "val_acc_by_flip": by,
-                                 **({"model": c["model"]} if c.get("model") else {})}
+        found[side]["chosen"] = flip_chosen({**c, "trial": name, "recipe": recipe}, t)
         found[side]["trials"] = found[side]["trials"] + got["trials"]
 
     found = {}

@@ -482,6 +482,33 @@ def test_tune_finetune_chooses_on_validation_with_equal_trials_and_resumes(monke
         ft.tune_finetune(None, "imagenet", fit_set, val_set, 2, 0.1)
 
 
+def test_tune_finetune_chooses_flip_averaging_on_the_chosen_trials_own_weights(monkeypatch):
+    """choose_flip: every trial is scored both ways (score_flips), the trial is chosen as before, and flip
+    averaging joins its recipe only where its own weights read higher with it (a tie: without); no trial added."""
+    from mimkit.eval import finetune as ft
+
+    fit_set, val_set = _stripes(64, 0), _stripes(16, 1)
+    flips = {2e-3: 0.1, 4e-3: 0.0}  # what flip averaging adds, by learning rate
+
+    def fake(model, train, scored_on, num_classes, minutes, **kw):
+        assert kw["score_flips"] and "flip_tta" not in kw
+        acc = 0.5 + kw.get("blr", 2e-3) * 10 - 0.2 * (kw.get("mixup", 0) > 0)
+        return {"acc": acc, "acc_by_flip": {"plain": acc, "flip": acc + flips[kw.get("blr", 2e-3)]}, "minutes": 1,
+                "steps": 3}
+
+    monkeypatch.setattr(ft, "finetune_for_minutes", fake)
+    got = ft.tune_finetune(None, "pretrained", fit_set, val_set, 2, 0.5, choose_flip=True)
+    assert len(got["trials"]) == 4 and got["chosen"]["trial"] == "blr4e-3"  # the base read 0.62 with flip: not a choice
+    assert got["chosen"]["recipe"] == {"layer_decay": 0.75, "blr": 4e-3} and got["chosen"]["val_acc"] == 0.54  # a tie
+    flips[4e-3] = 0.01
+    got = ft.tune_finetune(None, "pretrained", fit_set, val_set, 2, 0.5, choose_flip=True)
+    assert got["chosen"]["recipe"] == {"layer_decay": 0.75, "blr": 4e-3, "flip_tta": 1.0}
+    assert got["chosen"]["val_acc"] == pytest.approx(0.55) and got["chosen"]["val_acc_by_flip"]["plain"] == 0.54
+    with pytest.raises(ValueError, match="not scored both ways"):  # a kept trial from before score_flips
+        ft.tune_finetune(None, "pretrained", fit_set, val_set, 2, 0.5, choose_flip=True,
+                         done={t["trial"]: {k: v for k, v in t.items() if k != "val_acc_by_flip"} for t in got["trials"]})
+
+
 def test_best_of_trials_resumes_keeps_first_of_equals_and_rejects_none():
     from mimkit.eval.trials import best_of_trials
 

@@ -208,8 +208,13 @@ def test_finetune_rows_with_the_equal_time_scratch_baseline(png_folder, tiny_run
         assert len(mine_t) == len(scratch_t) == 4
         for trials in (mine_t, scratch_t):
             assert all(t["fit_images"] + t["val_images"] == images for t in trials)
-            assert max(t["val_acc"] for t in trials) == recipes["tiny-run" if trials is mine_t else "random_init"][
-                budget]["chosen"]["val_acc"]
+            chosen = recipes["tiny-run" if trials is mine_t else "random_init"][budget]["chosen"]
+            best = max(trials, key=lambda t: t["val_acc"])
+            assert chosen["trial"] == best["trial"] and best["val_acc"] == best["val_acc_by_flip"]["plain"]
+            # flip averaging chosen on the same weights: kept only where it scored higher than without
+            flip = best["val_acc_by_flip"]["flip"] > best["val_acc_by_flip"]["plain"]
+            assert chosen["recipe"].get("flip_tta") == (1.0 if flip else None)
+            assert chosen["val_acc"] == max(best["val_acc_by_flip"].values())
         if budget == "all":
             assert all(t["val_images"] == rep["splits"]["validation"]["images"] for t in mine_t)
         # trials keep each side's share of the clock: 0.3 x 0.1 min from scratch, 0.3 x 0.05 min pretrained
@@ -217,7 +222,7 @@ def test_finetune_rows_with_the_equal_time_scratch_baseline(png_folder, tiny_run
         assert all(t["minutes"] == pytest.approx(0.015, abs=0.006) for t in mine_t)
     assert mine["recipe"] == recipes["tiny-run"]["all"]["chosen"]["recipe"]
     assert mine["choice"] == recipes["tiny-run"]["all"]["chosen"]["trial"]
-    assert mine["choice_acc"] == recipes["tiny-run"]["all"]["chosen"]["val_acc"]
+    assert mine["choice_acc"] == recipes["tiny-run"]["all"]["chosen"]["val_acc"] and rep["finetune"]["flip_choice"]
 
 
 # ---- bad input: one clear line each ---------------------------------------------------------------
@@ -418,3 +423,18 @@ def test_a_folder_changed_under_the_same_path_is_evaluated_again(tiny_run, tmp_p
     write_pngs(root / "train", {0: 40}, split_offset=200)  # the class's images replaced, same file names
     build_report([str(tiny_run)], str(root), None, **opts)
     assert len(calls) == 6
+
+
+def test_cli_report_chooses_flip_averaging_unless_told_not_to(monkeypatch, tmp_path):
+    import mimkit.eval.report as report_module
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+    monkeypatch.setattr(report_module, "build_report", lambda *a, **k: seen.append(k) or (_ for _ in ()).throw(Stop()))
+    for extra in ([], ["--no-finetune-flip-choice"]):
+        with pytest.raises(Stop):
+            main(["report", "--checkpoint", "x", "--data", str(tmp_path), "--finetune-minutes", "1", *extra])
+    assert [k["finetune_flip_choice"] for k in seen] == [True, False]
+    assert report_module.ReportConfig().finetune_flip_choice is True

@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--finetune-trial-fraction", type=float, default=0.1, metavar="F",
                    help="each of the 4 recipe trials per side (lr, layer decay or drop path, mixup) fine-tunes for F x "
                         "that side's minutes on the validation split (default 0.1; 0: one fixed recipe for every side)")
+    p.add_argument("--no-finetune-flip-choice", action="store_true",
+                   help="do not choose flip averaging at scoring (each side's chosen trial scored with and without "
+                        "the logits of the mirror image averaged, on the same weights; by default kept where better)")
     p.add_argument("--pretrain-minutes", type=float,
                    help="the encoders' pretraining time for the scratch budget (default: read from the run directory)")
     p.add_argument("--out", default="report", help="output directory (default ./report)")
@@ -92,6 +95,7 @@ def run(args) -> int:
                           seed=args.seed, pool=args.pool, draws=args.draws, settings=settings,
                           finetune_minutes=args.finetune_minutes, pretrain_minutes=args.pretrain_minutes,
                           finetune_trial_fraction=args.finetune_trial_fraction,
+                          finetune_flip_choice=not args.no_finetune_flip_choice,
                           test_fraction=args.test_fraction, limit=args.limit, test_limit=args.test_limit,
                           mean=args.mean, std=args.std, root=args.data_root, device=args.device,
                           batch_size=args.batch_size, progress=not args.no_progress)

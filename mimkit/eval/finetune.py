@@ -445,16 +445,20 @@ def choice_sets(data, fit_rows, val_rows, crop_scale=(0.8, 1.0)):
 
 def tune_finetune(model, side: str, fit_aug, val_set, num_classes: int, minutes: float, *, trials=None,
                   done: dict | None = None, on_trial=None, batch_size: int = 128, seed: int = 0,
-                  progress: bool = False, score_flips: bool = False) -> dict:
+                  progress: bool = False, score_flips: bool = False, choose_flip: bool = False) -> dict:
     """Choose a fine-tuning recipe for ``model`` on a validation split: every trial of ``side``
     (``"pretrained"`` or ``"scratch"``, :data:`FINETUNE_TRIALS`, or ``trials``) is fine-tuned for ``minutes``
     (budget-true) on ``fit_aug`` and scored on ``val_set``; no test image is read. ``done`` ({trial name:
     trial} kept from an earlier run) is not run again; ``on_trial(trial)`` is called after each new one (to
     keep it). Returns ``{"chosen": {"trial", "recipe", "val_acc"}, "trials": [...]}``: the recipe to
     fine-tune with, layer decay included. ``score_flips``: each trial's weights are also scored the other way
-    (flip averaging, :func:`finetune`), kept as the trial's ``val_acc_by_flip``; the choice is unchanged."""
+    (flip averaging, :func:`finetune`), kept as the trial's ``val_acc_by_flip``; the choice is unchanged.
+    ``choose_flip`` (implies ``score_flips``): then flip averaging is chosen on the chosen trial's own weights,
+    kept in its recipe only where it scores higher on validation (a tie: without); no trial is added."""
     if side not in BASE_LAYER_DECAY:
         raise ValueError(f"side must be one of {sorted(BASE_LAYER_DECAY)}, got {side!r}")
+
+    score_flips = score_flips or choose_flip
 
     def run(name, over):
         recipe = {"layer_decay": BASE_LAYER_DECAY[side], **over}
@@ -466,7 +470,22 @@ def tune_finetune(model, side: str, fit_aug, val_set, num_classes: int, minutes:
                 **by_flip, "fit_images": len(fit_aug), "val_images": len(val_set)}
 
     best, out = best_of_trials((trials or FINETUNE_TRIALS)[side], run, "val_acc", done=done, on_trial=on_trial)
-    return {"chosen": {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}, "trials": out}
+    chosen = {"trial": best["trial"], "recipe": best["recipe"], "val_acc": best["val_acc"]}
+    if choose_flip:
+        chosen = flip_chosen(chosen, best)
+    return {"chosen": chosen, "trials": out}
+
+
+def flip_chosen(chosen: dict, trial: dict) -> dict:
+    """``chosen`` (trial, recipe, val_acc) with flip averaging kept in its recipe only where ``trial`` (scored both
+    ways on the same weights: ``val_acc_by_flip``) read higher with it than without (a tie: without)."""
+    by = trial.get("val_acc_by_flip")
+    if by is None:
+        raise ValueError(f"trial {trial.get('trial')!r} was not scored both ways (score_flips); run it again")
+    flip = by["flip"] > by["plain"]
+    recipe = {k: v for k, v in chosen["recipe"].items() if k != "flip_tta"}
+    return {**chosen, "recipe": {**recipe, **({"flip_tta": 1.0} if flip else {})},
+            "val_acc": by["flip" if flip else "plain"], "val_acc_by_flip": by}
 
 
 def finetune_for_minutes(model, train_aug, test, num_classes: int, minutes: float, *, batch_size: int = 128,

@@ -63,6 +63,7 @@ class ReportConfig:
     val_fraction: float | None = None  # None: a sixth of every class, at most 10k images in all
     finetune_minutes: float | None = None
     finetune_trial_fraction: float = 0.1  # each recipe trial runs this share of its side's minutes (0: no search)
+    finetune_flip_choice: bool = True  # flip averaging at scoring chosen on the chosen trial's own weights, per side
     pairs: list | None = None  # [(row a, row b), ...]: also compare these rows with each other (paired intervals)
     pretrain_minutes: object = None  # a number, or one per checkpoint (default: read from the run directory)
     finetune_batch_size: int = 128
@@ -406,7 +407,8 @@ def _finetune_rows(cfg, rd, names, models, init, pre, split, subsets, rows, cloc
     trials (:func:`mimkit.eval.finetune.tune_finetune`, each ``finetune_trial_fraction`` of the side's
     minutes): with all labels on the report's validation split, with N labels per class on a per-class
     fifth of the first draw's N x classes labels (those labels only); the chosen recipe then fits every
-    draw of that budget, and the test set is read once per run."""
+    draw of that budget, and the test set is read once per run. With ``finetune_flip_choice`` flip averaging at
+    scoring is chosen too, on the chosen trial's own weights scored both ways (no extra trial, either side)."""
     from .finetune import (
         BASE_LAYER_DECAY,
         FINETUNE_TRIALS,
@@ -449,7 +451,8 @@ def _finetune_rows(cfg, rd, names, models, init, pre, split, subsets, rows, cloc
                        f"{'all labels' if n is None else f'{n}/class'}"):
                 tuned[(name, n)] = tune_finetune(model, kind, choice[0], choice[1], rd.num_classes, frac * minutes,
                                                  batch_size=min(cfg.finetune_batch_size, len(choice[0])),
-                                                 seed=cfg.seed, progress=cfg.progress)
+                                                 seed=cfg.seed, progress=cfg.progress,
+                                                 choose_flip=cfg.finetune_flip_choice)
         for d, rows_d in enumerate(draws):
             sub = train_aug if n is None else torch.utils.data.Subset(train_aug, rows_d.tolist())
             bs = min(cfg.finetune_batch_size, len(sub))
@@ -481,7 +484,7 @@ def _finetune_rows(cfg, rd, names, models, init, pre, split, subsets, rows, cloc
         rows.append(row)
     return {"minutes_per_run": cfg.finetune_minutes, "scratch_minutes": round(scratch, 2),
             "batch_size": cfg.finetune_batch_size, "drop_path": 0.1, "label_smoothing": 0.1,
-            "trial_fraction": frac, "trials_per_side": {k: len(v) for k, v in FINETUNE_TRIALS.items()} if frac else 0,
+            "trial_fraction": frac, "flip_choice": bool(frac and cfg.finetune_flip_choice), "trials_per_side": {k: len(v) for k, v in FINETUNE_TRIALS.items()} if frac else 0,
             "recipes": {name: {("all" if n is None else str(n)): t for (nm, n), t in tuned.items() if nm == name}
                         for name, _ in side}}
 
