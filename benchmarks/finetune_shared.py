@@ -183,7 +183,8 @@ def main(argv=None) -> int:
         + (f" --model {args.model}" if other else "")
         + (f" --recipes {args.recipes}" if args.recipes else "")
         + (f" --out {_repo_path(out)}" if args.out else "")
-        + (f" --against {args.against}" if args.against else ""),
+        + (f" --against {args.against}" if args.against else "")
+        + (" --rerun" if args.rerun else ""),
         model=args.model,
         total_minutes=args.total,
         pretrain_minutes=pre,

@@ -168,7 +168,7 @@ def test_an_arm_is_kept_only_when_it_ran_the_same_recipe_on_the_same_model(tmp_p
     assert finetune_shared.main(["--total", "30", "--model", d2v2, "--recipes", r, "--rerun"]) == 0
     assert runs[3:] == [(15.0, 4e-3, None), (30.0, 4e-3, None)]  # --rerun: both measured again, scratch too
     got = json.loads((root / "results" / "finetune_shared_30min_tuned_data2vec2_vit_tiny_patch4_28-15min.json").read_text())
-    assert "measured_in" not in got["arms"]["scratch"]
+    assert "measured_in" not in got["arms"]["scratch"] and got["command"].endswith(" --rerun")  # as it was run
 
 
 def test_a_scratch_arm_is_shared_only_by_the_same_random_init():

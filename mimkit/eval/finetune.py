@@ -40,10 +40,11 @@ class FinetuneModule(BudgetAware, L.LightningModule):
 
     def __init__(self, classifier: Classifier, lr: float, min_lr: float = 0.0, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0, mixup: float = 0.0, cutmix: float = 0.0,
-                 label_smoothing: float = 0.0, betas=(0.9, 0.999), ema: float = 0.0, flip_tta: bool = False):
+                 label_smoothing: float = 0.0, betas=(0.9, 0.999), ema: float = 0.0, flip_tta: bool = False,
+                 score_flips: bool = False):
         super().__init__()
         self.flip_tta = bool(flip_tta)  # scoring averages the logits of each image and its mirror image
-        self.score_flips = False  # finetune(score_flips=True): the final pass also scores the other way
+        self.score_flips = bool(score_flips)  # the final pass also scores the same weights the other way
         self.other_correct: list = []  # ... its hits: flip averaging off where it is on, on where it is off
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema is the decay of the weights' moving average, in [0, 1) (0 = off), got {ema}")
@@ -276,8 +277,7 @@ def finetune(model, train_dataset, test_dataset, num_classes: int, *, pool: str 
     dpr = set_drop_path(classifier.encoder, drop_path)
     lr = float(lr) if lr is not None else blr * batch_size / 256
     module = FinetuneModule(classifier, lr, min_lr, weight_decay, layer_decay, warmup_epochs, mixup, cutmix,
-                            label_smoothing, ema=ema, flip_tta=flip_tta)
-    module.score_flips = bool(score_flips)
+                            label_smoothing, ema=ema, flip_tta=flip_tta, score_flips=score_flips)
     pin = torch.cuda.is_available()
     from ..data import BatchedSamples, collate
 
